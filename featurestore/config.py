@@ -1,0 +1,226 @@
+"""Settings: every environment variable of the service, its default and its check, in one table.
+
+Each process reads the environment once (`Settings.from_env()`) and passes the object on.
+An invalid value raises `ConfigError` naming the variable; entry points turn it into a
+one-line message and exit code `EXIT_CONFIG`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+DEFAULT_DATA_DIR = "./data"
+FEATURE_VERSIONS = ("v1", "v2")
+
+
+class ConfigError(ValueError):
+    """An environment variable has an invalid value; the message starts with its name."""
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_int(raw: str) -> int:
+    text = raw.strip().replace("_", "")
+    if not text.lstrip("-").isdigit():
+        raise ValueError("expected an integer")
+    return int(text)
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_endpoint(raw: str) -> str:
+    text = raw.strip()
+    for endpoint in text.split(","):
+        scheme, sep, rest = endpoint.strip().partition("://")
+        if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+            raise ValueError(
+                "expected tcp://HOST:PORT or ipc:///PATH (comma-separated for several)"
+            )
+        if scheme == "ipc" and len(rest.encode()) > 100:
+            raise ValueError("ipc path longer than 100 bytes (the kernel limit is ~107)")
+    return text
+
+
+@dataclass(frozen=True)
+class _Var:
+    parse: Callable[[str], Any]
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    doc: str = ""
+
+
+MIB = 1024 * 1024
+
+# name -> how to read it. The one table of defaults; `.env.example` mirrors it (a test checks).
+VARIABLES: dict[str, _Var] = {
+    "PORT": _Var(_parse_int, 3000, 1, 65535, doc="HTTP port of the gateway"),
+    "HOST": _Var(_parse_str, "127.0.0.1", doc="HTTP bind address; 0.0.0.0 is an explicit choice"),
+    "GATEWAY_WORKERS": _Var(_parse_int, 2, 1, 64, doc="Sanic worker processes"),
+    "DATA_DIR": _Var(_parse_str, DEFAULT_DATA_DIR, doc="event store, baselines, logs"),
+    "CACHE_NAME": _Var(
+        _parse_str, "", doc="shared-memory segment name; empty = derived from DATA_DIR"
+    ),
+    "CACHE_MAX_SIZE": _Var(_parse_int, 10_000, 1, 50_000_000, doc="cached feature vectors"),
+    "CACHE_TTL_MS": _Var(_parse_int, 300_000, 1, 10**12, doc="age after which a vector is stale"),
+    "FEATURE_VERSION": _Var(_parse_str, "v1", choices=FEATURE_VERSIONS, doc="default version"),
+    "ENABLE_VERSIONING": _Var(_parse_bool, True, doc="serve every version, not only the default"),
+    "ENABLE_DRIFT_MONITORING": _Var(_parse_bool, True, doc="publish vectors to the drift process"),
+    "DRIFT_CHECK_INTERVAL_MS": _Var(_parse_int, 60_000, 10, 10**9, doc="report publishing period"),
+    "DRIFT_THRESHOLD": _Var(_parse_float, 0.15, 0.0, 1e6, doc="PSI above which a feature drifts"),
+    "DRIFT_BASELINE_SIZE": _Var(_parse_int, 1000, 10, 10**7, doc="observations in a baseline"),
+    "DRIFT_WINDOW_SIZE": _Var(_parse_int, 1000, 10, 10**7, doc="observations in the window"),
+    "DRIFT_MIN_CURRENT": _Var(_parse_int, 500, 1, 10**7, doc="window size before scoring"),
+    "BATCH_SIZE": _Var(_parse_int, 1000, 1, 1_000_000, doc="entities or rows per worker chunk"),
+    "BATCH_MAX_ENTITIES": _Var(_parse_int, 10_000, 1, 10**7, doc="entities per batch request"),
+    "HISTORICAL_MAX_ROWS": _Var(_parse_int, 100_000, 1, 10**8, doc="rows per historical request"),
+    "EVENTS_MAX_PER_REQUEST": _Var(_parse_int, 10_000, 1, 10**7, doc="events per ingest request"),
+    "MAX_BODY_BYTES": _Var(_parse_int, 16 * MIB, 1024, 2**31, doc="largest HTTP body"),
+    "MAX_EVENT_FUTURE_MS": _Var(_parse_int, 300_000, 0, 10**12, doc="how far ahead events may be"),
+    "MAX_WORKERS": _Var(_parse_int, 4, 1, 256, doc="compute worker processes"),
+    "BROKER_FRONTEND": _Var(_parse_endpoint, "tcp://127.0.0.1:5555", doc="clients connect here"),
+    "BROKER_BACKEND": _Var(_parse_endpoint, "tcp://127.0.0.1:5556", doc="workers, drift connect"),
+    "DRIFT_FEATURES_ENDPOINT": _Var(
+        _parse_endpoint, "tcp://127.0.0.1:5557", doc="drift SUB; workers publish here"
+    ),
+    "DRIFT_PUB_ENDPOINT": _Var(_parse_endpoint, "tcp://127.0.0.1:5558", doc="reports and alerts"),
+    "BROKER_QUEUE_MAX": _Var(_parse_int, 2000, 1, 10**7, doc="queued requests before overloaded"),
+    "REQUEST_TIMEOUT_MS": _Var(_parse_int, 5000, 10, 10**8, doc="answer deadline of a request"),
+    "HEARTBEAT_INTERVAL_MS": _Var(_parse_int, 500, 10, 10**7, doc="broker<->worker heartbeat"),
+    "HEARTBEAT_LIVENESS": _Var(_parse_int, 3, 1, 100, doc="missed heartbeats before dead"),
+    "MAX_REDISPATCH": _Var(_parse_int, 2, 0, 100, doc="re-dispatches of a dead worker's request"),
+    "ZMQ_MAXMSGSIZE": _Var(_parse_int, 64 * MIB, 1024, 2**31, doc="largest ZeroMQ message"),
+    "LOG_LEVEL": _Var(
+        _parse_str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log verbosity"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one process. Field names are the variables, lower-cased."""
+
+    port: int
+    host: str
+    gateway_workers: int
+    data_dir: str
+    cache_name: str
+    cache_max_size: int
+    cache_ttl_ms: int
+    feature_version: str
+    enable_versioning: bool
+    enable_drift_monitoring: bool
+    drift_check_interval_ms: int
+    drift_threshold: float
+    drift_baseline_size: int
+    drift_window_size: int
+    drift_min_current: int
+    batch_size: int
+    batch_max_entities: int
+    historical_max_rows: int
+    events_max_per_request: int
+    max_body_bytes: int
+    max_event_future_ms: int
+    max_workers: int
+    broker_frontend: str
+    broker_backend: str
+    drift_features_endpoint: str
+    drift_pub_endpoint: str
+    broker_queue_max: int
+    request_timeout_ms: int
+    heartbeat_interval_ms: int
+    heartbeat_liveness: int
+    max_redispatch: int
+    zmq_maxmsgsize: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every variable of `VARIABLES` from `environ` (default `os.environ`)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in VARIABLES.items():
+            raw = env.get(name)
+            values[name.lower()] = (
+                var.default if raw is None or raw == "" else _read(name, var, raw)
+            )
+        values.update(overrides)
+        values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+        if not values["cache_name"]:
+            values["cache_name"] = default_cache_name(values["data_dir"])
+        settings = cls(**values)
+        settings._check_relations()
+        return settings
+
+    def _check_relations(self) -> None:
+        name = self.cache_name
+        if len(name) > 200 or "/" in name or not name.isascii() or not name.isprintable():
+            raise ConfigError("CACHE_NAME: expected up to 200 printable ASCII characters, no '/'")
+        liveness_ms = self.heartbeat_interval_ms * self.heartbeat_liveness
+        if liveness_ms >= self.request_timeout_ms:
+            raise ConfigError(
+                "HEARTBEAT_INTERVAL_MS: HEARTBEAT_INTERVAL_MS x HEARTBEAT_LIVENESS "
+                f"({liveness_ms} ms) must stay below REQUEST_TIMEOUT_MS ({self.request_timeout_ms})"
+            )
+        if self.drift_min_current > self.drift_window_size:
+            raise ConfigError("DRIFT_MIN_CURRENT: must not exceed DRIFT_WINDOW_SIZE")
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The feature versions this service serves."""
+        return FEATURE_VERSIONS if self.enable_versioning else (self.feature_version,)
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as environment variables, to start another process with the same view."""
+        out = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            out[field.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+def _read(name: str, var: _Var, raw: str) -> Any:
+    try:
+        value = var.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: invalid value {raw!r}: {exc}") from None
+    if var.choices is not None and value not in var.choices:
+        raise ConfigError(
+            f"{name}: invalid value {raw!r}: expected one of {', '.join(var.choices)}"
+        )
+    if var.minimum is not None and value < var.minimum:
+        raise ConfigError(f"{name}: invalid value {raw!r}: must be at least {var.minimum}")
+    if var.maximum is not None and value > var.maximum:
+        raise ConfigError(f"{name}: invalid value {raw!r}: must be at most {var.maximum}")
+    return value
+
+
+def default_cache_name(data_dir: str) -> str:
+    """A segment name unique to a data directory, so parallel stacks never share a cache."""
+    digest = hashlib.blake2b(str(Path(data_dir).resolve()).encode(), digest_size=6).hexdigest()
+    return f"fs_{digest}"
