@@ -35,13 +35,27 @@ class EventBatch:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def until(self, as_of_ms: int) -> EventBatch:
+        """The same entities with only their events at or before `as_of_ms`."""
+        keep = self.ts <= as_of_ms
+        kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+        return EventBatch(
+            self.entity_ids,
+            kept_before[self.offsets],
+            self.ts[keep],
+            self.seq[keep],
+            self.value[keep],
+            self.category[keep],
+        )
+
     @classmethod
-    def from_records(cls, entity_ids: list[str], records: Sequence[np.ndarray]) -> EventBatch:
-        """Build from one `EVENT_DTYPE` array per entity (each already in (ts, seq) order)."""
-        lengths = np.fromiter((len(r) for r in records), dtype=np.int64, count=len(records))
+    def from_records(cls, entity_ids: list[str], records: Sequence[bytes]) -> EventBatch:
+        """Build from one packed `EVENT_DTYPE` buffer per entity, each in (ts, seq) order."""
+        size = EVENT_DTYPE.itemsize
+        lengths = np.fromiter((len(r) // size for r in records), dtype=np.int64, count=len(records))
         offsets = np.zeros(len(records) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(records) if records else np.empty(0, dtype=EVENT_DTYPE)
+        flat = np.frombuffer(b"".join(records), dtype=EVENT_DTYPE)
         return cls(
             entity_ids=list(entity_ids),
             offsets=offsets,

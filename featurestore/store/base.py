@@ -1,0 +1,56 @@
+"""The event store interface every backend implements (SQLite now; PostgreSQL can follow).
+
+A store keeps each entity's events durably, in a layout read in bulk into an `EventBatch`,
+assigns sequence numbers, `ingested_at` and category labels, and makes ingest idempotent by
+event id and by request id in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from featurestore.store.batch import EventBatch
+from featurestore.validation import EventColumns
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest stored. `entity_ids` are the entities whose cached vectors are stale."""
+
+    accepted: int
+    duplicates: int
+    entity_ids: list[str] = field(default_factory=list)
+    replayed: bool = False  # the request id was seen before: this is the original answer
+
+    def body(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates}
+
+
+class EventStore(Protocol):
+    def ingest(self, events: EventColumns, request_id: str | None = None) -> IngestResult:
+        """Store validated events in one transaction (all or nothing)."""
+        ...
+
+    def read(self, entity_ids: Sequence[str], as_of_ms: int | None = None) -> EventBatch:
+        """Every event of each requested entity (duplicates allowed), or those with ts <= T."""
+        ...
+
+    def delete(self, entity_id: str) -> int:
+        """Remove an entity's events; the number removed (0 for an unknown entity)."""
+        ...
+
+    def category_names(self) -> list[str]:
+        """Category names indexed by label (0 ... k-1)."""
+        ...
+
+    def entity_ids(self) -> list[str]:
+        """Every entity that has events."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """{"entities", "events", "categories"}."""
+        ...
+
+    def close(self) -> None: ...
