@@ -1,0 +1,59 @@
+"""What the CLI commands share: exit codes, the --data-dir option, settings, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from featurestore.config import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+
+
+class CommandError(Exception):
+    """A command failed for a reason the user can act on; printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory (default: $DATA_DIR, else ./data)",
+    )
+    return parent
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The settings from the environment, with --data-dir taking the place of DATA_DIR."""
+    env = dict(os.environ)
+    if getattr(args, "data_dir", None):
+        env["DATA_DIR"] = args.data_dir
+    return Settings.from_env(env)
+
+
+@contextmanager
+def progress_bar(total: int | None, unit: str, label: str) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr (silent when stderr is not a terminal); yields `advance(n)`."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total,
+        unit=unit,
+        unit_scale=True,
+        desc=label,
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+    ) as bar:
+        yield bar.update

@@ -1,0 +1,92 @@
+"""`featurestore features ENTITY_ID` and `featurestore delete ENTITY_ID`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import orjson
+
+from featurestore.cli.common import EXIT_NOT_FOUND, CommandError, common_options
+from featurestore.config import Settings
+from featurestore.features.engine import compute
+from featurestore.features.vectors import VectorView
+from featurestore.store.sqlite import open_store
+from featurestore.timestamps import TimestampError, now_ms, parse_timestamp
+from featurestore.validation import identifier_problem
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    show = sub.add_parser(
+        "features", parents=[common_options()], help="print one entity's features as JSON"
+    )
+    show.add_argument("entity_id")
+    show.add_argument("--version", default=None, help="feature version (default FEATURE_VERSION)")
+    show.add_argument("--as-of", default=None, help="epoch ms or ISO-8601 (default: now)")
+    show.set_defaults(run=run_features)
+    delete = sub.add_parser("delete", parents=[common_options()], help="delete an entity's events")
+    delete.add_argument("entity_id")
+    delete.set_defaults(run=run_delete)
+
+
+def _check_entity(entity_id: str) -> None:
+    if problem := identifier_problem(entity_id):
+        raise CommandError(f"entity_id {problem}")
+
+
+def _as_of(text: str | None) -> int:
+    now = now_ms()
+    if text is None:
+        return now
+    try:
+        as_of = parse_timestamp(int(text) if text.isdigit() else text)
+    except TimestampError as exc:
+        raise CommandError(f"--as-of: {exc}") from None
+    if as_of > now:
+        raise CommandError("--as-of is later than now")
+    return as_of
+
+
+def run_features(args: argparse.Namespace, settings: Settings) -> int:
+    _check_entity(args.entity_id)
+    version = args.version or settings.feature_version
+    if version not in settings.versions:
+        raise CommandError(f"unknown version {version!r}; valid: {', '.join(settings.versions)}")
+    as_of = _as_of(args.as_of)
+    store = open_store(settings.data_dir)
+    try:
+        batch = store.read([args.entity_id])
+        matrix = compute(batch, np.zeros(1, dtype=np.int64), as_of, version, store.category_names())
+    finally:
+        store.close()
+    if not matrix.found[0]:
+        print(
+            orjson.dumps(
+                {
+                    "error": "entity_not_found",
+                    "message": f"no events for {args.entity_id!r} at or before {as_of}",
+                }
+            ).decode(),
+            file=sys.stderr,
+        )
+        return EXIT_NOT_FOUND
+    body = {
+        "entity_id": args.entity_id,
+        "features": VectorView(version).to_dict(matrix.values[0]),
+        "version": version,
+        "timestamp": as_of,
+    }
+    print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def run_delete(args: argparse.Namespace, settings: Settings) -> int:
+    _check_entity(args.entity_id)
+    store = open_store(settings.data_dir)
+    try:
+        deleted = store.delete(args.entity_id)
+    finally:
+        store.close()
+    print(orjson.dumps({"entity_id": args.entity_id, "deleted_events": deleted}).decode())
+    return 0

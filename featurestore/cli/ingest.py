@@ -1,0 +1,38 @@
+"""`featurestore ingest FILE`: load a CSV, Parquet or JSON Lines event file."""
+
+from __future__ import annotations
+
+import argparse
+
+from featurestore.cli.common import CommandError, common_options, progress_bar
+from featurestore.config import Settings
+from featurestore.files import FileError, count_rows
+from featurestore.ingest_file import ingest_file
+from featurestore.store.sqlite import open_store
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "ingest",
+        parents=[common_options()],
+        help="load events from a file: entity_id, timestamp, value[, category][, event_id]",
+    )
+    parser.add_argument("file", help="a .csv, .parquet or .jsonl file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings.data_dir)
+    try:
+        total = count_rows(args.file)
+        with progress_bar(total, "events", "ingest") as advance:
+            summary = ingest_file(store, args.file, settings.max_event_future_ms, progress=advance)
+    except FileError as exc:
+        raise CommandError(f"{exc} (nothing was stored)") from None
+    finally:
+        store.close()
+    print(
+        f"ingest: {summary.rows} rows, {summary.accepted} stored, "
+        f"{summary.duplicates} duplicates, {summary.entities} entities"
+    )
+    return 0

@@ -1,0 +1,36 @@
+"""Feature vectors (float64 rows, NaN = null) as the JSON objects of the API."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from featurestore.features.registry import feature_set
+
+
+class VectorView:
+    """Slices and converts full vectors of one version for a requested list of names.
+
+    Built once per (version, names) and reused: requests with the same selection share it.
+    """
+
+    def __init__(self, version: str, names: list[str] | None = None) -> None:
+        features = feature_set(version)
+        self.version = version
+        self.names = list(names) if names else features.names
+        self.columns = features.index_of(self.names).tolist()
+        int_mask = features.int_mask
+        self.is_int = [bool(int_mask[c]) for c in self.columns]
+
+    def to_dict(self, vector: np.ndarray) -> dict[str, int | float | None]:
+        """{name: value} in the requested order; null for NaN, int for integer features."""
+        values = vector.tolist()
+        out: dict[str, int | float | None] = {}
+        for name, column, is_int in zip(self.names, self.columns, self.is_int, strict=True):
+            value = values[column]
+            if math.isnan(value):
+                out[name] = None
+            else:
+                out[name] = int(value) if is_int else value
+        return out

@@ -1,0 +1,293 @@
+"""Event and row files (CSV, Parquet, JSON Lines): chunked readers, vectorised validation and
+streaming writers. Nothing here holds a whole file in memory or loops over rows in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from featurestore.timestamps import TimestampError, parse_timestamp_column
+from featurestore.validation import MAX_ID_BYTES, EventColumns
+
+CHUNK_ROWS = 100_000
+CSV_BLOCK_BYTES = 4 << 20
+EVENT_REQUIRED = ("entity_id", "timestamp", "value")
+EVENT_OPTIONAL = ("category", "event_id")
+ROW_REQUIRED = ("entity_id", "timestamp")
+_FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_CONTROL_PATTERN = "[\x00-\x1f]"
+
+
+class FileError(ValueError):
+    """A file cannot be used; the message names the file, and the row and column if any."""
+
+
+def file_format(path: str | Path) -> str:
+    """'csv', 'parquet' or 'jsonl', from the file name's extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _FORMATS:
+        raise FileError(f"{path}: unknown file type {suffix!r} (use .csv, .parquet or .jsonl)")
+    return _FORMATS[suffix]
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Rows of a Parquet file from its metadata (None for other formats: unknown up front)."""
+    if file_format(path) == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    return None
+
+
+def read_chunks(
+    path: str | Path,
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """The file's `required` and present `optional` columns, chunk by chunk.
+
+    CSV cells are read as strings (an empty cell is null); Parquet keeps its column types.
+    """
+    source = Path(path)
+    kind = file_format(source)
+    if not source.is_file():
+        raise FileError(f"{source}: no such file")
+    if source.stat().st_size == 0:
+        raise FileError(f"{source}: the file is empty")
+    if kind == "parquet":
+        yield from _parquet_chunks(source, required, optional, chunk_rows)
+    elif kind == "csv":
+        yield from _csv_chunks(source, required, optional)
+    else:
+        yield from _jsonl_chunks(source, required, optional, chunk_rows)
+
+
+def _columns(
+    source: Path, names: list[str], required: tuple[str, ...], optional: tuple[str, ...]
+) -> list[str]:
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise FileError(
+            f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(names) or 'none'}"
+        )
+    return [*required, *(c for c in optional if c in names)]
+
+
+def _parquet_chunks(source: Path, required, optional, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FileError(f"{source}: not a readable Parquet file ({exc})") from None
+    columns = _columns(source, parquet.schema_arrow.names, required, optional)
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+        yield batch.to_pandas()
+
+
+def _csv_chunks(source: Path, required, optional) -> Iterator[pd.DataFrame]:
+    try:
+        probe = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 16))
+        names = probe.schema.names
+        probe.close()
+        columns = _columns(source, names, required, optional)
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in names},
+                include_columns=columns,
+                strings_can_be_null=True,
+            ),
+        )
+        for batch in reader:
+            yield batch.to_pandas()
+    except pa.ArrowInvalid as exc:
+        raise FileError(f"{source}: not a readable CSV file ({exc})") from None
+
+
+def _jsonl_chunks(source: Path, required, optional, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        reader = pd.read_json(source, lines=True, chunksize=chunk_rows, dtype=False)
+        for frame in reader:
+            columns = _columns(source, list(frame.columns), required, optional)
+            yield frame[columns]
+    except ValueError as exc:
+        raise FileError(f"{source}: not a readable JSON Lines file ({exc})") from None
+
+
+# --------------------------------------------------------------------------- validation
+def _bad(source: Path, offset: int, row: int, column: str, reason: str) -> FileError:
+    return FileError(f"{source}: row {offset + row + 1}, column {column}: {reason}")
+
+
+def check_identifiers(
+    source: Path, frame: pd.DataFrame, column: str, offset: int, *, required: bool
+) -> np.ndarray:
+    """The column as an object array of str/None, after the identifier rules of SPEC §3."""
+    series = frame[column]
+    if not (pd.api.types.is_string_dtype(series) or series.isna().all()):
+        row = 0
+        raise _bad(source, offset, row, column, "must be text")
+    array = pa.array(series.astype(object), type=pa.string(), from_pandas=True)
+    nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
+    if required and nulls.any():
+        raise _bad(source, offset, int(np.flatnonzero(nulls)[0]), column, "is required")
+    sizes = pc.binary_length(array).to_numpy(zero_copy_only=False)
+    too_long = ~nulls & ((np.nan_to_num(sizes, nan=1) < 1) | (np.nan_to_num(sizes) > MAX_ID_BYTES))
+    if too_long.any():
+        raise _bad(
+            source,
+            offset,
+            int(np.flatnonzero(too_long)[0]),
+            column,
+            f"must be 1-{MAX_ID_BYTES} UTF-8 bytes",
+        )
+    control = pc.fill_null(pc.match_substring_regex(array, _CONTROL_PATTERN), False)
+    control = control.to_numpy(zero_copy_only=False)
+    if control.any():
+        raise _bad(
+            source,
+            offset,
+            int(np.flatnonzero(control)[0]),
+            column,
+            "contains a control character (U+0000-U+001F)",
+        )
+    out = series.astype(object).to_numpy(dtype=object)
+    out[nulls] = None
+    return out
+
+
+def check_timestamps(
+    source: Path, frame: pd.DataFrame, offset: int, latest_ms: int | None = None
+) -> np.ndarray:
+    column = frame["timestamp"]
+    if column.isna().any():
+        raise _bad(
+            source,
+            offset,
+            int(np.flatnonzero(column.isna().to_numpy())[0]),
+            "timestamp",
+            "is required",
+        )
+    try:
+        ts = parse_timestamp_column(column)
+    except TimestampError as exc:
+        raise _bad(source, offset, exc.row or 0, "timestamp", exc.reason) from None
+    if latest_ms is not None and (future := ts > latest_ms).any():
+        raise _bad(
+            source, offset, int(np.flatnonzero(future)[0]), "timestamp", "is too far in the future"
+        )
+    return ts
+
+
+def check_values(source: Path, frame: pd.DataFrame, offset: int) -> np.ndarray:
+    column = frame["value"]
+    if pd.api.types.is_bool_dtype(column):
+        raise _bad(source, offset, 0, "value", "must be a number, not a boolean")
+    numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(numbers)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        reason = "is required" if pd.isna(column.iloc[row]) else "must be a finite number"
+        raise _bad(source, offset, row, "value", reason)
+    return numbers
+
+
+def validate_event_frame(
+    source: Path, frame: pd.DataFrame, offset: int, latest_ms: int
+) -> pd.DataFrame:
+    """One chunk of an event file, checked and normalised (strings as str/None objects)."""
+    out = pd.DataFrame(
+        {
+            "entity_id": check_identifiers(source, frame, "entity_id", offset, required=True),
+            "timestamp": check_timestamps(source, frame, offset, latest_ms),
+            "value": check_values(source, frame, offset),
+        }
+    )
+    for column in EVENT_OPTIONAL:
+        out[column] = (
+            check_identifiers(source, frame, column, offset, required=False)
+            if column in frame
+            else np.full(len(frame), None, dtype=object)
+        )
+    return out
+
+
+def normalise_row_timestamps(column: pd.Series) -> pd.Series:
+    """CSV text that is all integers becomes int64 (so JSON output keeps numbers)."""
+    if pd.api.types.is_string_dtype(column):
+        numbers = pd.to_numeric(column, errors="coerce")
+        if numbers.notna().all() and (numbers == np.floor(numbers)).all():
+            return numbers.astype(np.int64)
+    return column
+
+
+def frame_to_columns(frame: pd.DataFrame) -> EventColumns:
+    """A validated ingest frame as store columns (None where a cell is empty)."""
+
+    def strings(name: str) -> np.ndarray:
+        if name not in frame:
+            return np.full(len(frame), None, dtype=object)
+        column = frame[name].astype(object)
+        return column.where(column.notna(), None).to_numpy(dtype=object)
+
+    return EventColumns(
+        entity_id=frame["entity_id"].astype(object).to_numpy(dtype=object),
+        ts=frame["timestamp"].to_numpy(dtype=np.int64),
+        value=frame["value"].to_numpy(dtype=np.float64),
+        category=strings("category"),
+        event_id=strings("event_id"),
+    )
+
+
+# --------------------------------------------------------------------------- writers
+class FrameWriter:
+    """Appends DataFrames (all with the same columns and dtypes) to a CSV, Parquet or JSONL file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.kind = file_format(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._parquet: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._handle = None if self.kind == "parquet" else open(self.path, "wb")  # noqa: SIM115
+        self._first = True
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.kind == "parquet":
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=self._schema)
+            if self._parquet is None:
+                self._schema = table.schema
+                self._parquet = pq.ParquetWriter(self.path, table.schema)
+            self._parquet.write_table(table)
+        elif self.kind == "csv":
+            frame.to_csv(self._handle, index=False, header=self._first, lineterminator="\n")
+        else:
+            rows = pa.Table.from_pandas(frame, preserve_index=False).to_pylist()
+            self._handle.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        self._first = False
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
