@@ -72,7 +72,9 @@ def ingest_file(
     touched: set[str] = set()
     for index, chunk in enumerate(read_chunks(source, EVENT_REQUIRED, EVENT_OPTIONAL)):
         frame = validate_event_frame(source, chunk, rows, latest)
-        result = store.ingest(frame_to_columns(frame), request_id=f"file:{digest}:{index}")
+        result = store.ingest(
+            frame_to_columns(frame), request_id=f"file:{digest}:{index}", compact=False
+        )
         if on_commit is not None:
             on_commit(result.entity_ids)
         touched.update(result.entity_ids)

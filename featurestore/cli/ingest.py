@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from featurestore.cli.common import CommandError, common_options, progress_bar
 from featurestore.config import Settings
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    started = time.perf_counter()
     store = open_store(settings.data_dir)
     try:
         total = count_rows(args.file)
@@ -31,8 +33,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"{exc} (nothing was stored)") from None
     finally:
         store.close()
+    seconds = time.perf_counter() - started
     print(
         f"ingest: {summary.rows} rows, {summary.accepted} stored, "
-        f"{summary.duplicates} duplicates, {summary.entities} entities"
+        f"{summary.duplicates} duplicates, {summary.entities} entities "
+        f"in {seconds:.2f} s ({summary.rows / seconds:,.0f} events/s)"
     )
     return 0

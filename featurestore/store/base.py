@@ -29,7 +29,9 @@ class IngestResult:
 
 
 class EventStore(Protocol):
-    def ingest(self, events: EventColumns, request_id: str | None = None) -> IngestResult:
+    def ingest(
+        self, events: EventColumns, request_id: str | None = None, *, compact: bool = True
+    ) -> IngestResult:
         """Store validated events in one transaction (all or nothing)."""
         ...
 

@@ -17,6 +17,7 @@ Writers serialise on SQLite's write lock (BEGIN IMMEDIATE) and retry until a dea
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ DB_FILENAME = "events.sqlite3"
 SCHEMA_VERSION = 1
 PAGE_SIZE = 16384
 MAX_SEGMENTS = 8
+COMPACT_BATCH = 2000
 BUSY_TIMEOUT_MS = 2000
 LOCK_DEADLINE_S = 120.0
 REQUEST_RETENTION_MS = 7 * 86_400_000
@@ -59,6 +61,11 @@ CREATE TABLE IF NOT EXISTS requests (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', 1), ('next_seq', 1);
 """
+_JSON_IDS = "(SELECT value FROM json_each(?))"  # a JSON array parameter as a set of ids
+_INSERT_IDS = "{verb} INTO event_ids (event_id) SELECT value FROM json_each(?) ORDER BY 1"
+_INSERT_SEGMENT = (
+    "INSERT INTO segments (entity_id, first_seq, n, events, event_ids) VALUES (?, ?, ?, ?, ?)"
+)
 
 
 class StoreError(RuntimeError):
@@ -132,6 +139,7 @@ class SqliteEventStore:
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                self._forget_categories()  # labels cached in a rolled-back transaction
                 raise
             return result
 
@@ -141,12 +149,20 @@ class SqliteEventStore:
         self._conn.close()
 
     # ------------------------------------------------------------------------- ingest
-    def ingest(self, events: EventColumns, request_id: str | None = None) -> IngestResult:
-        """Store validated events atomically; duplicates by event id and request id skipped."""
-        return self._write(lambda conn: self._ingest(conn, events, request_id))
+    def ingest(
+        self, events: EventColumns, request_id: str | None = None, *, compact: bool = True
+    ) -> IngestResult:
+        """Store validated events atomically; duplicates by event id and request id skipped.
+
+        `compact=False` leaves long segment chains for a later `compact()` (bulk loads)."""
+        return self._write(lambda conn: self._ingest(conn, events, request_id, compact))
 
     def _ingest(
-        self, conn: sqlite3.Connection, events: EventColumns, request_id: str | None
+        self,
+        conn: sqlite3.Connection,
+        events: EventColumns,
+        request_id: str | None,
+        compact: bool,
     ) -> IngestResult:
         if request_id is not None:
             row = conn.execute(
@@ -170,7 +186,7 @@ class SqliteEventStore:
         records["value"] = events.value[keep]
         records["category"] = labels
         event_ids = np.asarray(events.event_id, dtype=object)[keep]
-        touched = self._append_segments(conn, entity_ids, records, event_ids)
+        touched = self._append_segments(conn, entity_ids, records, event_ids, compact)
         result = IngestResult(n_new, len(events) - n_new, touched)
         if request_id is not None:
             saved = {
@@ -193,18 +209,24 @@ class SqliteEventStore:
         if not has_id.any():
             return np.ones(len(ids), dtype=bool)
         keep = ~(has_id & ids.duplicated(keep="first").to_numpy())
-        candidates = ids[has_id & keep]
-        payload = orjson.dumps(candidates.tolist())
+        candidates = orjson.dumps(ids[has_id & keep].tolist())
+        expected = int((has_id & keep).sum())
+        # Fast path: every id is new. Sorted inserts keep the B-tree writes sequential.
+        conn.execute("SAVEPOINT event_ids")
+        before = conn.total_changes
+        conn.execute(_INSERT_IDS.format(verb="INSERT OR IGNORE"), (candidates,))
+        if conn.total_changes - before == expected:
+            conn.execute("RELEASE event_ids")
+            return keep
+        conn.execute("ROLLBACK TO event_ids")
+        conn.execute("RELEASE event_ids")
         stored = conn.execute(
             "SELECT value FROM json_each(?) WHERE value IN (SELECT event_id FROM event_ids)",
-            (payload,),
+            (candidates,),
         ).fetchall()
-        if stored:
-            keep &= ~ids.isin([r[0] for r in stored]).to_numpy()
-        fresh = ids[has_id & keep].tolist()
+        keep &= ~ids.isin([r[0] for r in stored]).to_numpy()
         conn.execute(
-            "INSERT INTO event_ids (event_id) SELECT value FROM json_each(?)",
-            (orjson.dumps(fresh),),
+            _INSERT_IDS.format(verb="INSERT"), (orjson.dumps(ids[has_id & keep].tolist()),)
         )
         return keep
 
@@ -224,6 +246,10 @@ class SqliteEventStore:
             self._labels.update({name: start + i for i, name in enumerate(new)})
         return present.map(self._labels).fillna(NO_CATEGORY).to_numpy(dtype=np.int32)
 
+    def _forget_categories(self) -> None:
+        self._names = []
+        self._labels = {}
+
     def _refresh_categories(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute(
             "SELECT label, name FROM categories WHERE label >= ? ORDER BY label",
@@ -239,6 +265,7 @@ class SqliteEventStore:
         entity_ids: np.ndarray,
         records: np.ndarray,
         event_ids: np.ndarray,
+        compact: bool,
     ) -> list[str]:
         """Append one segment per entity (records sorted by ts, seq); compact long chains."""
         if records.size == 0:
@@ -246,80 +273,79 @@ class SqliteEventStore:
         codes, uniques = pd.factorize(entity_ids)
         order = np.lexsort((records["seq"], records["ts"], codes))
         records = records[order]
-        event_ids = event_ids[order]
+        codes = codes[order]
         counts = np.bincount(codes, minlength=len(uniques))
         bounds = np.concatenate(([0], np.cumsum(counts)))
+        first_seqs = np.minimum.reduceat(records["seq"], bounds[:-1]).tolist()
+        id_text = _ids_per_entity(event_ids[order], codes, len(uniques))
         blob = records.tobytes()
         size = EVENT_DTYPE.itemsize
         touched = [str(u) for u in uniques]
-        existing = self._segment_counts(conn, touched)
-        rows = []
-        for i, entity in enumerate(touched):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            ids = [e for e in event_ids[lo:hi].tolist() if e is not None]
-            rows.append(
+        spans = bounds.tolist()
+        conn.executemany(
+            _INSERT_SEGMENT,
+            (
                 (
                     entity,
-                    int(records["seq"][lo:hi].min()),
-                    hi - lo,
-                    blob[lo * size : hi * size],
-                    ID_SEPARATOR.join(ids),
+                    first_seqs[i],
+                    spans[i + 1] - spans[i],
+                    blob[spans[i] * size : spans[i + 1] * size],
+                    id_text[i],
                 )
-            )
-        conn.executemany(
-            "INSERT INTO segments (entity_id, first_seq, n, events, event_ids) VALUES (?,?,?,?,?)",
-            rows,
+                for i, entity in enumerate(touched)
+            ),
         )
         conn.executemany(
             "INSERT INTO entities (entity_id, n_events, n_segments) VALUES (?, ?, 1) "
             "ON CONFLICT (entity_id) DO UPDATE SET n_events = n_events + excluded.n_events, "
             "n_segments = n_segments + 1",
-            [(entity, int(counts[i])) for i, entity in enumerate(touched)],
+            zip(touched, counts.tolist(), strict=True),
         )
-        long_chains = [e for e in touched if existing.get(e, 0) + 1 > MAX_SEGMENTS]
-        for entity in long_chains:
-            self._compact(conn, entity)
+        if compact:
+            self._compact(conn, self._long_chains(conn, touched))
         return touched
 
-    def _segment_counts(self, conn: sqlite3.Connection, entity_ids: list[str]) -> dict[str, int]:
+    def _long_chains(self, conn: sqlite3.Connection, entity_ids: list[str]) -> list[str]:
         rows = conn.execute(
-            "SELECT entity_id, n_segments FROM entities "
-            "WHERE entity_id IN (SELECT value FROM json_each(?))",
-            (orjson.dumps(entity_ids),),
+            "SELECT entity_id FROM entities WHERE n_segments > ? "
+            "AND entity_id IN (SELECT value FROM json_each(?))",
+            (MAX_SEGMENTS, orjson.dumps(entity_ids)),
         ).fetchall()
-        return dict(rows)
+        return [r[0] for r in rows]
 
-    def _compact(self, conn: sqlite3.Connection, entity_id: str) -> None:
-        """Merge every segment of `entity_id` into one (inside the current transaction)."""
-        rows = conn.execute(
-            "SELECT first_seq, events, event_ids FROM segments WHERE entity_id = ? "
-            "ORDER BY first_seq",
-            (entity_id,),
-        ).fetchall()
-        if len(rows) <= 1:
+    def _compact(self, conn: sqlite3.Connection, entity_ids: list[str]) -> None:
+        """Merge every segment of each entity into one (inside the current transaction)."""
+        if not entity_ids:
             return
-        merged = _merge_segments([r[1] for r in rows])
-        ids = ID_SEPARATOR.join(r[2] for r in rows if r[2])
-        conn.execute("DELETE FROM segments WHERE entity_id = ?", (entity_id,))
+        payload = orjson.dumps(entity_ids)
+        rows = conn.execute(
+            "SELECT entity_id, first_seq, events, event_ids FROM segments "
+            "WHERE entity_id IN (SELECT value FROM json_each(?)) ORDER BY entity_id, first_seq",
+            (payload,),
+        ).fetchall()
+        merged = []
+        for entity, group in itertools.groupby(rows, key=lambda r: r[0]):
+            parts = list(group)
+            events = _merge_segments([p[2] for p in parts])
+            ids = ID_SEPARATOR.join(p[3] for p in parts if p[3])
+            merged.append((entity, parts[0][1], events.size, events.tobytes(), ids))
+        conn.execute(f"DELETE FROM segments WHERE entity_id IN {_JSON_IDS}", (payload,))
+        conn.executemany(_INSERT_SEGMENT, merged)
         conn.execute(
-            "INSERT INTO segments (entity_id, first_seq, n, events, event_ids) VALUES (?,?,?,?,?)",
-            (entity_id, rows[0][0], merged.size, merged.tobytes(), ids),
+            f"UPDATE entities SET n_segments = 1 WHERE entity_id IN {_JSON_IDS}", (payload,)
         )
-        conn.execute("UPDATE entities SET n_segments = 1 WHERE entity_id = ?", (entity_id,))
 
     def compact(self, entity_ids: Sequence[str] | None = None) -> int:
         """Compact every entity with more than one segment (or those given); how many."""
 
         def body(conn: sqlite3.Connection) -> int:
             if entity_ids is None:
-                targets = [
-                    r[0]
-                    for r in conn.execute("SELECT entity_id FROM entities WHERE n_segments > 1")
-                ]
+                query = "SELECT entity_id FROM entities WHERE n_segments > 1"
+                targets = [r[0] for r in conn.execute(query)]
             else:
                 targets = list(entity_ids)
-            for entity in targets:
-                self._compact(conn, entity)
+            for start in range(0, len(targets), COMPACT_BATCH):
+                self._compact(conn, targets[start : start + COMPACT_BATCH])
             return len(targets)
 
         return self._write(body)
@@ -398,6 +424,18 @@ class SqliteEventStore:
                 conn.execute("DELETE FROM requests WHERE created_ms < ?", (cutoff,)).rowcount
             )
         )
+
+
+def _ids_per_entity(event_ids: np.ndarray, codes: np.ndarray, n_entities: int) -> list[str]:
+    """Each entity's event ids joined by ID_SEPARATOR ("" where it has none)."""
+    present = pd.notna(event_ids)
+    out = [""] * n_entities
+    if present.any():
+        ids = pd.Series(event_ids[present], dtype=object)
+        joined = ids.groupby(codes[present], sort=False).agg(ID_SEPARATOR.join)
+        for code, text in zip(joined.index.tolist(), joined.tolist(), strict=True):
+            out[code] = text
+    return out
 
 
 def _merge_segments(blobs: list[bytes]) -> np.ndarray:
