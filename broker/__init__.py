@@ -1,0 +1,1 @@
+"""The broker role (see SPEC §2)."""

@@ -1,0 +1,1 @@
+"""The drift role (see SPEC §2)."""

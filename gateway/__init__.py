@@ -1,0 +1,1 @@
+"""The gateway role (see SPEC §2)."""

@@ -1,0 +1,1 @@
+"""The workers role (see SPEC §2)."""
