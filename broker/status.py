@@ -1,0 +1,91 @@
+"""The broker's own answers: `stats` and `health`, from per-worker figures and the cache."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+from broker.registry import Registry
+from featurestore.config import Settings
+from featurestore.protocol import SERVICE_DRIFT, SERVICE_FEATURES, Op
+
+CACHE_FIELDS = (
+    "size",
+    "max_size",
+    "hit_rate",
+    "utilization",
+    "evictions",
+    "expirations",
+    "memory_bytes",
+)
+
+
+def rss_of(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except (psutil.Error, ValueError):
+        return None
+
+
+class BrokerStatus:
+    def __init__(self, settings: Settings, registry: Registry, cache) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.cache = cache
+        self.started = time.monotonic()
+        self.pid = psutil.Process().pid
+
+    def stats(self) -> dict:
+        cache = self.cache.stats()
+        computes, compute_ms = self.registry.totals()
+        workers = sorted(
+            (s.summary() for s in self.registry.alive(SERVICE_FEATURES)), key=lambda w: w["id"]
+        )
+        return {
+            "total_computes": computes,
+            "cache_hits": cache["hits"],
+            "cache_misses": cache["misses"],
+            "cache_hit_rate": cache["hit_rate"],
+            "avg_compute_latency_ms": round(compute_ms / computes, 4) if computes else 0.0,
+            "cache_stats": {k: cache[k] for k in CACHE_FIELDS},
+            "workers": workers,
+        }
+
+    def drift_state(self) -> str:
+        if not self.settings.enable_drift_monitoring:
+            return "disabled"
+        return "ok" if self.registry.alive(SERVICE_DRIFT) else "down"
+
+    def health(self) -> dict:
+        workers = self.registry.alive(SERVICE_FEATURES)
+        expected = self.settings.max_workers
+        drift = self.drift_state()
+        if not workers:
+            status = "down"
+        elif len(workers) < expected or drift == "down":
+            status = "degraded"
+        else:
+            status = "ok"
+        memory = {"broker": rss_of(self.pid)}
+        for state in sorted(workers, key=lambda s: s.worker_id):
+            memory[f"worker-{state.worker_id}"] = rss_of(state.pid)
+        for state in self.registry.alive(SERVICE_DRIFT):
+            memory["drift"] = rss_of(state.pid)
+        return {
+            "status": status,
+            "workers": {"alive": len(workers), "expected": expected},
+            "broker": "ok",
+            "drift": drift,
+            "cache": "ok",
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "memory": {name: rss for name, rss in memory.items() if rss is not None},
+        }
+
+    def drift_disabled(self, op: Op) -> dict:
+        """What drift operations answer when ENABLE_DRIFT_MONITORING=false."""
+        return {
+            "status": "disabled",
+            "message": "drift monitoring is disabled",
+            "operation": op.value,
+        }

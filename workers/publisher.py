@@ -1,0 +1,51 @@
+"""Publishes the vectors a worker computes for online serving to the drift process (SPEC §7).
+
+One PUB socket connected to DRIFT_FEATURES_ENDPOINT (the drift process binds, so workers may
+come and go). PUB never blocks: with nobody listening, or a slow listener, messages are
+dropped by ZeroMQ at the high-water mark, and the sequence numbers let the drift process count
+what it missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import zmq
+
+from featurestore.protocol import pack, put_array
+
+TOPIC_VECTORS = b"vectors"
+PUBLISH_HWM = 1000
+
+
+class VectorPublisher:
+    def __init__(self, context: zmq.Context, endpoint: str, worker_id: str, enabled: bool):
+        self.worker_id = worker_id
+        self.sequence = 0
+        self.socket: zmq.Socket | None = None
+        if enabled:
+            self.socket = context.socket(zmq.PUB)
+            self.socket.setsockopt(zmq.LINGER, 0)
+            self.socket.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
+            for address in endpoint.split(","):
+                self.socket.connect(address.strip())
+
+    def publish(self, version: str, values: np.ndarray) -> None:
+        """Send one batch of full vectors (rows of `values`); never blocks."""
+        if self.socket is None or values.shape[0] == 0:
+            return
+        self.sequence += 1
+        blocks: list = []
+        ref = put_array(blocks, values)
+        header = pack(
+            {"worker_id": self.worker_id, "seq": self.sequence, "version": version, "values": ref}
+        )
+        with contextlib.suppress(zmq.Again):  # dropped: the drift process sees the gap in seq
+            self.socket.send_multipart(
+                [TOPIC_VECTORS, header, *blocks], flags=zmq.NOBLOCK, copy=False
+            )
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
