@@ -241,10 +241,10 @@ class Broker:
             request.request_id,
             deadline,
             plan,
-            t_ms,
-            values,
-            np.asarray(hit, dtype=bool),
-            np.asarray(as_of),
+            t_ms=t_ms,
+            values=values,
+            hit=np.asarray(hit, dtype=bool),
+            as_of=np.asarray(as_of),
         )
         jobs = [
             pending.add_job(

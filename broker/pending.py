@@ -171,15 +171,13 @@ class BatchPending(Pending):
         if self.miss_rows.size:
             self.values[self.miss_rows] = self.unique_values[self.miss_codes]
             self.found[self.miss_rows] = self.unique_found[self.miss_codes]
-        return Reply(
+        return matrix_reply(
             self.request_id,
-            *matrix_body(
-                self.plan.query.view,
-                self.values,
-                self.found,
-                extra={"cached": self.hit, "timestamps": self.timestamps},
-                scalars={"timestamp": int(self.t_ms)},
-            ),
+            self.plan.query.view,
+            self.values,
+            self.found,
+            extra={"cached": self.hit, "timestamps": self.timestamps},
+            scalars={"timestamp": int(self.t_ms)},
         )
 
 
@@ -213,16 +211,17 @@ class HistoricalPending(Pending):
         self.found[start : start + values.shape[0]] = get_array(reply.blocks, reply.body["found"])
 
     def finish(self) -> Reply:
-        return Reply(self.request_id, *matrix_body(self.plan.query.view, self.values, self.found))
+        return matrix_reply(self.request_id, self.plan.query.view, self.values, self.found)
 
 
-def matrix_body(
+def matrix_reply(
+    request_id: str,
     view,
     values: np.ndarray,
     found: np.ndarray,
     extra: dict | None = None,
     scalars: dict | None = None,
-) -> tuple[dict, list]:
+) -> Reply:
     """A batch/historical result: selected columns as one float64 block plus per-row arrays."""
     blocks: list = []
     selected = (
@@ -240,4 +239,4 @@ def matrix_body(
     for name, array in (extra or {}).items():
         body[name] = put_array(blocks, array)
     body.update(scalars or {})
-    return body, blocks
+    return Reply(request_id, body, blocks=blocks)

@@ -1,0 +1,109 @@
+"""Batch and historical results as arrays, API items or DataFrames (one home for the shapes).
+
+The broker answers batch/historical requests with one float64 block of the selected features
+plus per-row arrays; `FeatureBatch` wraps them, and turns them into the JSON items of the HTTP
+API or into a pandas DataFrame without a per-value Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from featurestore.features.registry import feature_set
+from featurestore.protocol import get_array
+
+STATUS_OK = "ok"
+STATUS_NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    entity_ids: list[str]
+    version: str
+    names: list[str]
+    values: np.ndarray  # (m, len(names)) float64, NaN = null
+    found: np.ndarray  # bool (m,)
+    cached: np.ndarray | None = None  # bool (m,), batch only
+    timestamps: np.ndarray | None = None  # int64 (m,): T of each row
+    timestamp: int | None = None  # T of the request (batch)
+
+    @classmethod
+    def from_reply(
+        cls, entity_ids: list[str], body: dict, blocks: list, timestamps: np.ndarray | None = None
+    ) -> FeatureBatch:
+        cached = get_array(blocks, body["cached"]) if "cached" in body else None
+        stamps = get_array(blocks, body["timestamps"]) if "timestamps" in body else timestamps
+        return cls(
+            entity_ids,
+            body["version"],
+            list(body["features"]),
+            get_array(blocks, body["values"]),
+            get_array(blocks, body["found"]),
+            cached,
+            stamps,
+            body.get("timestamp"),
+        )
+
+    def int_columns(self) -> list[bool]:
+        int_mask = feature_set(self.version).int_mask
+        return [bool(int_mask[i]) for i in feature_set(self.version).index_of(self.names)]
+
+    def feature_dicts(self) -> list[dict | None]:
+        """Per row {name: value} (null for NaN, int for int features), None when not found."""
+        names = self.names
+        is_int = self.int_columns()
+        rows = self.values.tolist()
+        found = self.found.tolist()
+        out: list[dict | None] = []
+        for row, ok in zip(rows, found, strict=True):
+            if not ok:
+                out.append(None)
+                continue
+            out.append(
+                {
+                    name: (None if math.isnan(v) else (int(v) if integer else v))
+                    for name, v, integer in zip(names, row, is_int, strict=True)
+                }
+            )
+        return out
+
+    def items(self) -> list[dict]:
+        """The `features` list of POST /features/batch (or `rows` of /features/historical)."""
+        features = self.feature_dicts()
+        status = [STATUS_OK if f else STATUS_NOT_FOUND for f in self.found.tolist()]
+        stamps = self.timestamps.tolist() if self.timestamps is not None else [None] * len(status)
+        if self.cached is None:
+            return [
+                {"entity_id": e, "timestamp": t, "features": f, "status": s}
+                for e, t, f, s in zip(self.entity_ids, stamps, features, status, strict=True)
+            ]
+        return [
+            {"entity_id": e, "features": f, "status": s, "cached": c, "timestamp": t}
+            for e, f, s, c, t in zip(
+                self.entity_ids, features, status, self.cached.tolist(), stamps, strict=True
+            )
+        ]
+
+    def to_frame(self) -> pd.DataFrame:
+        """entity_id, timestamp, one column per feature (ints as nullable Int64), status
+        [, cached]."""
+        data: dict = {"entity_id": self.entity_ids}
+        if self.timestamps is not None:
+            data["timestamp"] = self.timestamps
+        for i, (name, integer) in enumerate(zip(self.names, self.int_columns(), strict=True)):
+            column = self.values[:, i]
+            if integer:
+                missing = np.isnan(column)
+                data[name] = pd.arrays.IntegerArray(
+                    np.where(missing, 0, column).astype(np.int64), missing
+                )
+            else:
+                data[name] = column
+        data["status"] = np.where(self.found, STATUS_OK, STATUS_NOT_FOUND)
+        if self.cached is not None:
+            data["cached"] = self.cached
+        return pd.DataFrame(data)
