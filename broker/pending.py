@@ -219,6 +219,7 @@ def matrix_reply(
     view,
     values: np.ndarray,
     found: np.ndarray,
+    *,
     extra: dict | None = None,
     scalars: dict | None = None,
 ) -> Reply:
