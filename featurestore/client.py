@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -35,8 +36,13 @@ DEFAULT_RETRY_MS = 1000
 TIMEOUT_SLACK_MS = 1000  # wait a bit longer than the broker, so its `timeout` answer arrives
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """Unique across processes (random prefix per process) and cheap (a counter)."""
+    return f"{_ID_PREFIX}-{next(_id_counter)}"
 
 
 def _first_endpoint(endpoint: str | None) -> str:

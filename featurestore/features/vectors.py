@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from featurestore.features.registry import feature_set
@@ -22,15 +20,14 @@ class VectorView:
         self.columns = features.index_of(self.names).tolist()
         int_mask = features.int_mask
         self.is_int = [bool(int_mask[c]) for c in self.columns]
+        self.int_positions = [i for i, is_int in enumerate(self.is_int) if is_int]
+        self.all_columns = self.columns == list(range(len(features.features)))
 
     def to_dict(self, vector: np.ndarray) -> dict[str, int | float | None]:
         """{name: value} in the requested order; null for NaN, int for integer features."""
-        values = vector.tolist()
-        out: dict[str, int | float | None] = {}
-        for name, column, is_int in zip(self.names, self.columns, self.is_int, strict=True):
-            value = values[column]
-            if math.isnan(value):
-                out[name] = None
-            else:
-                out[name] = int(value) if is_int else value
-        return out
+        values = vector.tolist() if self.all_columns else vector[self.columns].tolist()
+        for position in self.int_positions:
+            value = values[position]
+            if value == value:  # not NaN
+                values[position] = int(value)
+        return {name: (None if v != v else v) for name, v in zip(self.names, values, strict=True)}
