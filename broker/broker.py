@@ -116,11 +116,9 @@ class Broker:
     def _drain(self, socket: zmq.Socket, handler, limit: int = 256) -> None:
         """Handle up to `limit` waiting messages without blocking."""
         for _ in range(limit):
-            try:
-                frames = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            handler(socket.recv_multipart(copy=False))
+            if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            handler(frames)
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
@@ -351,6 +349,8 @@ class Broker:
             self.complete(job.parent, final)
 
     def dispatch(self) -> None:
+        if not self.queue:
+            return
         waiting: deque[Job] = deque()
         while self.queue:
             job = self.queue.popleft()

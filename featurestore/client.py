@@ -165,17 +165,17 @@ class Client(_Calls):
                 self._sent[request_id] = (entry[0], now + self.retry_ms / 1000)
 
     def _receive(self) -> None:
+        """Take every reply waiting on the socket (after a poll said one is there)."""
         while True:
-            try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+            frames = self.socket.recv_multipart(copy=False)
             try:
                 reply = Reply.decode([f.buffer for f in frames])
             except ProtocolError:
-                continue
-            if reply.request_id in self._sent:
+                reply = None
+            if reply is not None and reply.request_id in self._sent:
                 self._replies[reply.request_id] = reply
+            if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     def request(
         self, op: Op, payload: dict, request_id: str | None = None, blocks: list | None = None

@@ -60,6 +60,8 @@ def demo_chunks(entities: int, seed: int, end_ms: int) -> Iterator[pd.DataFrame]
     popularity /= popularity.sum()
     counts = np.maximum(2, rng.poisson(MEAN_EVENTS, entities))
     counts[rng.random(entities) < SINGLE_EVENT_SHARE] = 1
+    if entities > 1 and not (counts == 1).any():  # "some entities with a single event", always
+        counts[-1] = 1
     for first in range(0, entities, ENTITIES_PER_CHUNK):
         last = min(entities, first + ENTITIES_PER_CHUNK)
         yield _chunk(

@@ -48,7 +48,10 @@ def file_format(path: str | Path) -> str:
 def count_rows(path: str | Path) -> int | None:
     """Rows of a Parquet file from its metadata (None for other formats: unknown up front)."""
     if file_format(path) == "parquet":
-        return pq.ParquetFile(path).metadata.num_rows
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowInvalid, OSError):
+            return None  # missing, empty or corrupt: `read_chunks` names the problem
     return None
 
 
@@ -140,6 +143,9 @@ def check_identifiers(
     series = frame[column]
     if not (pd.api.types.is_string_dtype(series) or series.isna().all()):
         row = 0
+        if series.dtype == object:  # mixed types (JSON Lines): name the first non-text row
+            text = series.map(lambda v: isinstance(v, str)) | series.isna()
+            row = int(np.flatnonzero(~text.to_numpy(dtype=bool))[0])
         raise _bad(source, offset, row, column, "must be text")
     array = pa.array(series.astype(object), type=pa.string(), from_pandas=True)
     nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
@@ -166,7 +172,9 @@ def check_identifiers(
             "contains a control character (U+0000-U+001F)",
         )
     out = series.astype(object).to_numpy(dtype=object)
-    out[nulls] = None
+    if nulls.any():
+        out = out.copy()
+        out[nulls] = None
     return out
 
 
@@ -197,6 +205,11 @@ def check_values(source: Path, frame: pd.DataFrame, offset: int) -> np.ndarray:
     column = frame["value"]
     if pd.api.types.is_bool_dtype(column):
         raise _bad(source, offset, 0, "value", "must be a number, not a boolean")
+    if column.dtype == object:  # JSON Lines with mixed types: true must not become 1
+        flags = column.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
+        if flags.any():
+            row = int(np.flatnonzero(flags)[0])
+            raise _bad(source, offset, row, "value", "must be a number, not a boolean")
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(numbers)
     if bad.any():

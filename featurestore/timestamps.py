@@ -82,9 +82,9 @@ def parse_timestamp_column(column: pd.Series) -> np.ndarray:
         return values.astype(np.int64)
     if pd.api.types.is_datetime64_any_dtype(column):
         utc = column.dt.tz_localize("UTC") if column.dt.tz is None else column.dt.tz_convert("UTC")
-        ns = utc.astype("datetime64[ns, UTC]").astype("int64").to_numpy()
-        _raise_first(ns < 0, "before 1970-01-01")
-        return ns // 1_000_000
+        ms = utc.astype("datetime64[ms, UTC]").astype("int64").to_numpy()  # floors; no ns overflow
+        _raise_first(ms < 0, "before 1970-01-01")
+        return ms
     return _parse_string_column(column)
 
 
@@ -93,6 +93,11 @@ def _parse_string_column(column: pd.Series) -> np.ndarray:
     numeric = pd.to_numeric(text, errors="coerce")
     if numeric.notna().all():
         return parse_timestamp_column(numeric)
+    if pd.notna(numeric.iloc[0]):  # a column of epoch ms with a bad row: name that row
+        _raise_first(
+            numeric.isna().to_numpy(),
+            "not epoch milliseconds (a column is all epoch ms or all ISO-8601)",
+        )
     try:
         parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
     except (ValueError, OverflowError) as exc:
@@ -101,9 +106,9 @@ def _parse_string_column(column: pd.Series) -> np.ndarray:
         parsed.isna().to_numpy(),
         "not an ISO-8601 timestamp (a column is all epoch ms or all ISO-8601)",
     )
-    ns = parsed.astype("datetime64[ns, UTC]").astype("int64").to_numpy()
-    _raise_first(ns < 0, "before 1970-01-01")
-    return ns // 1_000_000
+    ms = parsed.astype("datetime64[ms, UTC]").astype("int64").to_numpy()  # floors; no ns overflow
+    _raise_first(ms < 0, "before 1970-01-01")
+    return ms
 
 
 def _raise_first(bad: np.ndarray, reason: str) -> None:

@@ -54,7 +54,7 @@ def _ratio_to_mean(c: FeatureContext, stats) -> np.ndarray:
 def _z_score(c: FeatureContext, stats) -> np.ndarray:
     usable = ~np.isnan(stats.std) & (stats.std != 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _null_unless(usable, (c.x_last - stats.mean) / stats.std)
+        return _null_unless(usable, stats.distance_from_mean(c.x_last) / stats.std)
 
 
 def _robust_z_score(c: FeatureContext) -> np.ndarray:

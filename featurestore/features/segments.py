@@ -159,9 +159,18 @@ class SegmentStats:
     def std(self) -> np.ndarray:
         """Sample standard deviation (ddof=1); exactly 0 iff all values are equal; NaN if n < 2."""
         centred = self.flat - np.repeat(self.mean, self.lengths)
-        squares = segment_sum(centred * centred, self.starts, self.lengths)
+        # Squares of tiny deviations underflow to 0 (e.g. [1e-200, 2e-200] would get std 0):
+        # scale each segment by a power of two near its largest deviation first (exact).
+        largest = segment_extreme(np.abs(centred), self.starts, self.lengths, np.maximum)
+        _, exponent = np.frexp(np.where(largest > 0, largest, 1.0))
+        scaled = np.ldexp(centred, -np.repeat(exponent, self.lengths))
+        # Corrected two-pass sum of squares: subtracting (sum of deviations)^2 / n removes the
+        # error of the rounded mean, which matters when the spread is a few ulps of the mean.
+        deviation_sum = segment_sum(scaled, self.starts, self.lengths)
+        squares = segment_sum(scaled * scaled, self.starts, self.lengths)
         with np.errstate(invalid="ignore", divide="ignore"):
-            std = np.sqrt(squares / (self.n - 1))
+            squares = np.maximum(squares - deviation_sum * deviation_sum / self.n, 0.0)
+            std = np.ldexp(np.sqrt(squares / (self.n - 1)), exponent)
         std = np.where(self.constant, 0.0, std)
         return np.where(self.lengths >= 2, std, np.nan)
 
@@ -187,6 +196,13 @@ class SegmentStats:
         deviations = self.sorted.deviations_from(self.median)
         mad = deviations.quantile(0.5)
         return np.where(deviations.upper_middle_is_zero(), 0.0, mad)
+
+    def distance_from_mean(self, point: np.ndarray) -> np.ndarray:
+        """Per segment, point[i] - mean, as the mean of (point[i] - x): when the values are close
+        together those differences are exact, so no cancellation against a rounded mean."""
+        differences = np.repeat(point, self.lengths) - self.flat
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return segment_sum(differences, self.starts, self.lengths) / self.n
 
     def count_at_most(self, bound: np.ndarray) -> np.ndarray:
         """Per segment, how many values are <= bound[i]."""
