@@ -100,7 +100,7 @@ class Worker:
 
     def send_heartbeat(self) -> None:
         figures = self.handlers.figures.as_dict()
-        figures.update(pid=os.getpid(), worker_id=self.worker_id)
+        figures.update(pid=os.getpid(), worker_id=self.worker_id, service=SERVICE_FEATURES)
         self.socket.send_multipart(heartbeat_frames(figures))
         self.next_heartbeat = time.monotonic() + self.interval_s
 
