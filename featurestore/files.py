@@ -127,6 +127,8 @@ def _jsonl_chunks(source: Path, required, optional, chunk_rows: int) -> Iterator
         for frame in reader:
             columns = _columns(source, list(frame.columns), required, optional)
             yield frame[columns]
+    except FileError:
+        raise  # already names the file and the problem
     except ValueError as exc:
         raise FileError(f"{source}: not a readable JSON Lines file ({exc})") from None
 
