@@ -132,7 +132,7 @@ def write_demo(
     total = accepted = 0
     for index, frame in enumerate(demo_chunks(entities, seed, end_ms)):
         result = store.ingest(frame_to_columns(frame), request_id=f"demo:{seed}:{end_ms}:{index}")
-        accepted += result.accepted
+        accepted += result.stored_now
         total += len(frame)
         per_entity.update(frame["entity_id"].value_counts(sort=False).to_dict())
         if progress is not None:

@@ -4,6 +4,7 @@ streaming writers. Nothing here holds a whole file in memory or loops over rows 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,6 +213,11 @@ def check_values(source: Path, frame: pd.DataFrame, offset: int) -> np.ndarray:
         if flags.any():
             row = int(np.flatnonzero(flags)[0])
             raise _bad(source, offset, row, "value", "must be a number, not a boolean")
+        if file_format(source) == "jsonl":  # a JSON string is not a number ("1.5" neither)
+            text = column.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+            if text.any():
+                row = int(np.flatnonzero(text)[0])
+                raise _bad(source, offset, row, "value", "must be a number, not a string")
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(numbers)
     if bad.any():
@@ -270,12 +276,16 @@ def frame_to_columns(frame: pd.DataFrame) -> EventColumns:
 
 # --------------------------------------------------------------------------- writers
 class FrameWriter:
-    """Appends DataFrames (all with the same columns and dtypes) to a CSV, Parquet or JSONL file."""
+    """Appends DataFrames (same columns and dtypes) to a CSV, Parquet or JSONL file.
+
+    Writes to `<name>.partial` and moves it into place on a clean close, so a failed run
+    never leaves a half-written output behind."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.kind = file_format(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.final_path = Path(path)
+        self.kind = file_format(self.final_path)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = self.final_path.with_name(self.final_path.name + ".partial")
         self._parquet: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._handle = None if self.kind == "parquet" else open(self.path, "wb")  # noqa: SIM115
@@ -295,14 +305,19 @@ class FrameWriter:
             self._handle.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
         self._first = False
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Finish the file and move it into place (`keep`), or throw the partial file away."""
         if self._parquet is not None:
             self._parquet.close()
         if self._handle is not None:
             self._handle.close()
+        if keep and self.path.exists():
+            os.replace(self.path, self.final_path)
+        else:
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> FrameWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self.close(keep=exc_type is None)

@@ -79,8 +79,8 @@ def ingest_file(
             on_commit(result.entity_ids)
         touched.update(result.entity_ids)
         rows += len(chunk)
-        accepted += result.accepted
-        duplicates += result.duplicates
+        accepted += result.stored_now
+        duplicates += len(chunk) - result.stored_now
         if progress is not None:
             progress(len(chunk))
     store.compact()

@@ -106,6 +106,6 @@ def generate_file(
             found += int(hit.sum())
             if progress is not None:
                 progress(len(chunk))
-    if rows == 0:
-        raise ValueError(f"{source}: no rows")
+        if rows == 0:
+            raise ValueError(f"{source}: no rows")
     return GenerateSummary(rows, found, time.perf_counter() - started)

@@ -7,7 +7,6 @@ API or into a pandas DataFrame without a per-value Python loop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,17 @@ from featurestore.protocol import get_array
 
 STATUS_OK = "ok"
 STATUS_NOT_FOUND = "not_found"
+
+
+def python_rows(values: np.ndarray, int_columns: list[bool]) -> list[list]:
+    """Rows of `values` as Python lists: None for NaN, int in integer columns (vectorised)."""
+    objects = values.astype(object)
+    missing = np.isnan(values)
+    for column in np.flatnonzero(int_columns).tolist():
+        ints = np.where(missing[:, column], 0, values[:, column]).astype(np.int64)
+        objects[:, column] = ints.astype(object)
+    objects[missing] = None
+    return objects.tolist()
 
 
 @dataclass(frozen=True)
@@ -53,23 +63,13 @@ class FeatureBatch:
         return [bool(int_mask[i]) for i in feature_set(self.version).index_of(self.names)]
 
     def feature_dicts(self) -> list[dict | None]:
-        """Per row {name: value} (null for NaN, int for int features), None when not found."""
+        """Per row {name: value} (None for null, int for int features), None when not found."""
         names = self.names
-        is_int = self.int_columns()
-        rows = self.values.tolist()
-        found = self.found.tolist()
-        out: list[dict | None] = []
-        for row, ok in zip(rows, found, strict=True):
-            if not ok:
-                out.append(None)
-                continue
-            out.append(
-                {
-                    name: (None if math.isnan(v) else (int(v) if integer else v))
-                    for name, v, integer in zip(names, row, is_int, strict=True)
-                }
-            )
-        return out
+        rows = python_rows(self.values, self.int_columns())
+        return [
+            dict(zip(names, row, strict=True)) if ok else None
+            for row, ok in zip(rows, self.found.tolist(), strict=True)
+        ]
 
     def items(self) -> list[dict]:
         """The `features` list of POST /features/batch (or `rows` of /features/historical)."""

@@ -24,6 +24,11 @@ class IngestResult:
     entity_ids: list[str] = field(default_factory=list)
     replayed: bool = False  # the request id was seen before: this is the original answer
 
+    @property
+    def stored_now(self) -> int:
+        """Events this call stored: 0 for a replayed request (they were stored the first time)."""
+        return 0 if self.replayed else self.accepted
+
     def body(self) -> dict[str, int]:
         return {"accepted": self.accepted, "duplicates": self.duplicates}
 
