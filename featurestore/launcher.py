@@ -90,7 +90,7 @@ class Stack:
         base = {
             "DATA_DIR": str(self.data_dir),
             "CACHE_NAME": f"fst_{uuid.uuid4().hex[:12]}",
-            "MAX_WORKERS": str(self.workers),
+            "MAX_WORKERS": str(max(1, self.workers)),  # workers=0: peers join by hand
             "BROKER_FRONTEND": f"tcp://127.0.0.1:{free_port()}",
             "BROKER_BACKEND": f"ipc://{self.ipc_dir}/be",
             "DRIFT_FEATURES_ENDPOINT": f"ipc://{self.ipc_dir}/df",
@@ -100,6 +100,7 @@ class Stack:
             "HEARTBEAT_LIVENESS": "3",
             "ENABLE_DRIFT_MONITORING": "true" if self.drift else "false",
             "LOG_LEVEL": "INFO",
+            "GATEWAY_WORKERS": "2",
         }
         base.update(self.env)
         self.environ = {**os.environ, **base, "PYTHONUNBUFFERED": "1"}
@@ -244,9 +245,11 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     _signal_group(process, signal.SIGKILL)
                     process.wait(timeout=5)
+        from gateway.metrics import drop as drop_metrics
         from shm import drop
 
         drop(self.settings.cache_name)
+        drop_metrics(self.settings.cache_name)
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
     def __enter__(self) -> Stack:

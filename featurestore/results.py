@@ -38,7 +38,7 @@ class FeatureBatch:
     values: np.ndarray  # (m, len(names)) float64, NaN = null
     found: np.ndarray  # bool (m,)
     cached: np.ndarray | None = None  # bool (m,), batch only
-    timestamps: np.ndarray | None = None  # int64 (m,): T of each row
+    timestamps: np.ndarray | list | None = None  # T of each row (int64), or as given
     timestamp: int | None = None  # T of the request (batch)
 
     @classmethod
@@ -75,7 +75,7 @@ class FeatureBatch:
         """The `features` list of POST /features/batch (or `rows` of /features/historical)."""
         features = self.feature_dicts()
         status = [STATUS_OK if f else STATUS_NOT_FOUND for f in self.found.tolist()]
-        stamps = self.timestamps.tolist() if self.timestamps is not None else [None] * len(status)
+        stamps = [None] * len(status) if self.timestamps is None else list(self.timestamps)
         if self.cached is None:
             return [
                 {"entity_id": e, "timestamp": t, "features": f, "status": s}

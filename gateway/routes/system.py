@@ -1,0 +1,84 @@
+"""GET /health, POST /cache/clear, GET /metrics, GET /openapi.json, and the drift routes."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+from sanic import Blueprint, HTTPResponse, Request
+
+from featurestore.errors import ServiceError
+from featurestore.protocol import Op
+from gateway.http import JSON, json_body, json_response
+from gateway.metrics import render
+
+system = Blueprint("system")
+HEALTH_TIMEOUT_MS = 1000
+
+
+def gateway_memory(pids: list[int]) -> dict[str, int]:
+    """RSS of the gateway's processes: the Sanic main process and each worker."""
+    memory: dict[str, int] = {}
+    for name, pid in [
+        ("gateway", os.getppid()),
+        *((f"gateway-{i}", pid) for i, pid in enumerate(sorted(pids))),
+    ]:
+        try:
+            memory[name] = psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return memory
+
+
+@system.get("/health", name="health")
+async def health(request: Request) -> HTTPResponse:
+    gw = request.app.ctx.gw
+    try:
+        reply = await gw.call(Op.HEALTH, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)
+        body = reply.body
+    except ServiceError:
+        body = {
+            "status": "down",
+            "workers": {"alive": 0, "expected": gw.settings.max_workers},
+            "broker": "down",
+            "drift": "down",
+            "cache": "ok",
+            "memory": {},
+        }
+    body["uptime_s"] = body.get("uptime_s", 0.0)
+    body["memory"] = {**gateway_memory(gw.metrics.live_pids()), **body.get("memory", {})}
+    return json_response(body, 503 if body["status"] == "down" else 200)
+
+
+@system.post("/cache/clear", name="cache_clear")
+async def clear_cache(request: Request) -> HTTPResponse:
+    return json_response({"cleared": request.app.ctx.gw.cache.clear()})
+
+
+@system.get("/metrics", name="metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    gw = request.app.ctx.gw
+    try:
+        stats = (await gw.call(Op.STATS, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)).body
+        health = (await gw.call(Op.HEALTH, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)).body
+    except ServiceError:
+        stats = health = None
+    text = render(gw.metrics.totals(), stats, health)
+    return HTTPResponse(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@system.get("/openapi.json", name="openapi")
+async def openapi(request: Request) -> HTTPResponse:
+    return HTTPResponse(request.app.ctx.gw.openapi_json, content_type=JSON)
+
+
+@system.get("/drift/report", name="drift_report")
+async def drift_report(request: Request) -> HTTPResponse:
+    reply = await request.app.ctx.gw.call(Op.DRIFT_REPORT, {}, request.ctx.rid)
+    return json_response(reply.body)
+
+
+@system.post("/drift/baseline", name="drift_baseline")
+async def drift_baseline(request: Request) -> HTTPResponse:
+    reply = await request.app.ctx.gw.call(Op.DRIFT_BASELINE, json_body(request), request.ctx.rid)
+    return json_response(reply.body)
