@@ -304,30 +304,36 @@ class Broker:
 
     # ---------------------------------------------------------------------- workers
     def process_worker(self, frames: list) -> None:
-        identity = frames[0].bytes
-        command = frames[1].bytes
+        """READY, HEARTBEAT or RESULT of a back-end peer; a malformed message is dropped (and
+        logged), never a crash: the back end is a socket anyone on the host may connect to."""
+        if len(frames) < 2:
+            log.warning("back-end message of %d frame(s) dropped", len(frames))
+            return
+        try:
+            self._process_worker(frames[0].bytes, frames[1].bytes, frames)
+        except ProtocolError as error:
+            log.warning("malformed back-end message dropped: %s", error.message)
+
+    def _process_worker(self, identity: bytes, command: bytes, frames: list) -> None:
         state = self.registry.touch(identity)
         if command == W_RESULT and state is not None:
+            if len(frames) < 3:
+                raise ProtocolError("RESULT without a job id")
             self.take_result(state, frames[2].bytes, [f.buffer for f in frames[3:]])
         elif command == W_HEARTBEAT:
-            figures = unpack(frames[2].buffer) if len(frames) > 2 else {}
+            figures = _peer_map(frames[2]) if len(frames) > 2 else {}
             if state is None and figures.get("service"):
-                state = self.registry.register(
-                    identity,
-                    figures["service"],
-                    str(figures.get("worker_id", "?")),
-                    int(figures.get("pid", 0)),
-                )
+                state = self.registry.register(identity, *_peer_identity(figures))
             if state is not None:
                 state.figures = figures
         elif command == W_READY:
-            info = unpack(frames[2].buffer)
+            if len(frames) < 3:
+                raise ProtocolError("READY without its map")
+            service, worker_id, pid = _peer_identity(_peer_map(frames[2]))
             if state is not None:
                 self.worker_lost(state, "registered again")
-            self.registry.register(
-                identity, info["service"], str(info["worker_id"]), int(info["pid"])
-            )
-            log.info("%s worker %s (pid %s) ready", info["service"], info["worker_id"], info["pid"])
+            self.registry.register(identity, service, worker_id, pid)
+            log.info("%s worker %s (pid %s) ready", service, worker_id, pid)
 
     def take_result(self, state: WorkerState, job_id: bytes, parts: list) -> None:
         job = self.jobs.pop(job_id, None)
@@ -448,6 +454,27 @@ class Broker:
                         )
                     ),
                 )
+
+
+def _peer_map(frame) -> dict:
+    """The msgpack map of a READY or HEARTBEAT frame; ProtocolError when it is not one."""
+    try:
+        value = unpack(frame.buffer)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise ProtocolError("a back-end frame is not msgpack") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("a back-end READY/HEARTBEAT frame must be a map")
+    return value
+
+
+def _peer_identity(info: dict) -> tuple[str, str, int]:
+    """(service, worker id, pid) of a READY map (or of a heartbeat that carries them)."""
+    service, pid = info.get("service"), info.get("pid", 0)
+    if not isinstance(service, str) or not service:
+        raise ProtocolError("a back-end peer must name its service")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+        raise ProtocolError("a back-end peer's pid must be a non-negative integer")
+    return service, str(info.get("worker_id", "?")), pid
 
 
 def _peek_request_id(parts: list) -> str:

@@ -75,7 +75,8 @@ def _rows_payload(rows) -> tuple[list[str], list]:
         stamps = rows["timestamp"]
         if pd.api.types.is_datetime64_any_dtype(stamps):
             stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps
-            values = (stamps.astype("int64") // 1_000_000).tolist()
+            # any resolution (pandas 3 defaults to us): floor to ms, then epoch integers
+            values = stamps.dt.floor("ms").dt.as_unit("ms").astype("int64").tolist()
         else:
             values = stamps.tolist()
         return ids, values
