@@ -75,7 +75,12 @@ class FeatureBatch:
         """The `features` list of POST /features/batch (or `rows` of /features/historical)."""
         features = self.feature_dicts()
         status = [STATUS_OK if f else STATUS_NOT_FOUND for f in self.found.tolist()]
-        stamps = [None] * len(status) if self.timestamps is None else list(self.timestamps)
+        if self.timestamps is None:
+            stamps = [None] * len(status)
+        elif isinstance(self.timestamps, np.ndarray):
+            stamps = self.timestamps.tolist()
+        else:
+            stamps = list(self.timestamps)
         if self.cached is None:
             return [
                 {"entity_id": e, "timestamp": t, "features": f, "status": s}

@@ -1,33 +1,17 @@
-"""A compute worker: one DEALER connection to the broker's back end, one job at a time.
-
-Majordomo-style: READY on connect, heartbeats both ways, and a fresh connection (READY again)
-when the broker has been silent for HEARTBEAT_LIVENESS intervals or says DISCONNECT, so a
-restarted broker gets its workers back by itself.
-"""
+"""A compute worker: one connection to the broker's back end, one job at a time."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import time
 
 import zmq
 
+from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.logs import rid
-from featurestore.protocol import (
-    SERVICE_FEATURES,
-    W_DISCONNECT,
-    W_HEARTBEAT,
-    W_JOB,
-    Reply,
-    decode_job,
-    heartbeat_frames,
-    ready_frames,
-    result_frames,
-)
+from featurestore.protocol import SERVICE_FEATURES, Reply
 from featurestore.store.sqlite import open_store
 from shm import FeatureCache
 from workers.handlers import Handlers
@@ -50,25 +34,10 @@ class Worker:
             settings.enable_drift_monitoring,
         )
         self.handlers = Handlers(settings, self.store, self.cache, self.publisher)
-        self.socket: zmq.Socket | None = None
-        self.interval_s = settings.heartbeat_interval_ms / 1000
-        self.broker_expiry = 0.0
-        self.next_heartbeat = 0.0
-        self.stopping = False
-
-    def connect(self) -> None:
-        if self.socket is not None:
-            self.socket.close(linger=0)
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(
-            zmq.IDENTITY, f"w-{self.worker_id}-{os.getpid()}-{time.monotonic_ns()}".encode()
+        self.link = BrokerLink(
+            self.context, settings, SERVICE_FEATURES, worker_id, self.handlers.figures.as_dict
         )
-        for endpoint in self.settings.broker_backend.split(","):
-            self.socket.connect(endpoint.strip())
-        self.socket.send_multipart(ready_frames(SERVICE_FEATURES, self.worker_id, os.getpid()))
-        self.broker_expiry = time.monotonic() + self.interval_s * self.settings.heartbeat_liveness
-        self.next_heartbeat = time.monotonic() + self.interval_s
+        self.stopping = False
 
     def request_stop(self, *_: object) -> None:
         """SIGTERM: finish the job in hand, then leave."""
@@ -77,45 +46,22 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        self.connect()
         poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.link.connect(), zmq.POLLIN)
         log.info("worker %s ready (backend %s)", self.worker_id, self.settings.broker_backend)
         while not self.stopping:
-            timeout_ms = max(0, int((self.next_heartbeat - time.monotonic()) * 1000))
-            if poller.poll(timeout_ms):
-                self.process(self.socket.recv_multipart(copy=False))
-            now = time.monotonic()
-            if now >= self.broker_expiry:
-                log.warning(
-                    "broker silent for %.1f s: reconnecting",
-                    self.interval_s * self.settings.heartbeat_liveness,
-                )
-                poller.unregister(self.socket)
-                self.connect()
-                poller.register(self.socket, zmq.POLLIN)
-            if now >= self.next_heartbeat:
-                self.send_heartbeat()
+            if poller.poll(self.link.timeout_ms()):
+                job = self.link.receive()
+                if job is not None:
+                    self.run_job(job)
+            socket = self.link.socket
+            if self.link.tick():
+                poller.unregister(socket)
+                poller.register(self.link.socket, zmq.POLLIN)
         self.close()
 
-    def send_heartbeat(self) -> None:
-        figures = self.handlers.figures.as_dict()
-        figures.update(pid=os.getpid(), worker_id=self.worker_id, service=SERVICE_FEATURES)
-        self.socket.send_multipart(heartbeat_frames(figures))
-        self.next_heartbeat = time.monotonic() + self.interval_s
-
-    def process(self, frames: list) -> None:
-        self.broker_expiry = time.monotonic() + self.interval_s * self.settings.heartbeat_liveness
-        command = frames[0].bytes
-        if command == W_JOB:
-            self.run_job([f.buffer for f in frames[1:]])
-        elif command == W_DISCONNECT:
-            self.broker_expiry = 0.0  # reconnect and register again
-        elif command != W_HEARTBEAT:
-            log.warning("unknown command %r from the broker", command)
-
-    def run_job(self, frames: list) -> None:
-        job_id, op, payload, blocks = decode_job(frames)
+    def run_job(self, job: tuple) -> None:
+        job_id, op, payload, blocks = job
         request_id = payload.pop("request_id", "")
         try:
             reply = self.handlers.handle(op, payload, blocks, request_id)
@@ -123,14 +69,11 @@ class Worker:
             log.exception("%s %s failed", rid(request_id), op.value)
             self.handlers.figures.errors += 1
             reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"worker error: {exc}"))
-        self.socket.send_multipart(result_frames(job_id, reply), copy=False)
-        if time.monotonic() >= self.next_heartbeat:
-            self.send_heartbeat()
+        self.link.send_result(job_id, reply)
 
     def close(self) -> None:
         log.info("worker %s stopping", self.worker_id)
-        if self.socket is not None:
-            self.socket.close(linger=0)
+        self.link.close()
         self.publisher.close()
         self.cache.close()
         self.store.close()

@@ -1,0 +1,64 @@
+"""Complete baselines on disk (DATA_DIR/drift/baselines.npz), so a restart keeps them.
+
+Written atomically (temporary file, fsync, rename) whenever a baseline completes or is set;
+partial baselines are never written. Loaded at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from drift.monitor import DriftMonitor
+
+FILENAME = "baselines.npz"
+
+
+def baseline_path(data_dir: str) -> Path:
+    return Path(data_dir) / "drift" / FILENAME
+
+
+def save(monitor: DriftMonitor, data_dir: str) -> int:
+    """Write every complete baseline; how many."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = {"since_ms": monitor.since_ms, "pairs": []}
+    for pairs in monitor.pairs.values():
+        for pair in pairs:
+            if pair.complete:
+                key = f"{pair.version}/{pair.feature}"
+                arrays[key] = pair.baseline
+                meta["pairs"].append({"key": key, "nulls": pair.baseline_nulls})
+    path = baseline_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("wb") as handle:
+        np.savez(handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return len(arrays)
+
+
+def load(monitor: DriftMonitor, data_dir: str) -> int:
+    """Restore the complete baselines saved before; how many."""
+    path = baseline_path(data_dir)
+    if not path.exists():
+        return 0
+    with np.load(path) as stored:
+        meta = json.loads(bytes(stored["__meta__"]).decode())
+        by_key = {p.version + "/" + p.feature: p
+                  for pairs in monitor.pairs.values() for p in pairs}
+        restored = 0
+        for entry in meta["pairs"]:
+            pair = by_key.get(entry["key"])
+            if pair is not None:
+                pair.set_baseline(stored[entry["key"]], int(entry["nulls"]))
+                restored += 1
+    for version, since in meta.get("since_ms", {}).items():
+        if version in monitor.since_ms:
+            monitor.since_ms[version] = int(since)
+    return restored

@@ -1,0 +1,234 @@
+"""Baselines and current windows per (version, feature), and the drift report (SPEC §7).
+
+Observations arrive as whole vectors (rows of a float64 matrix, NaN = null); each monitored
+column feeds its pair. A pair's baseline is its first DRIFT_BASELINE_SIZE non-null
+observations (or one set explicitly); its window is a ring of the last DRIFT_WINDOW_SIZE
+non-null observations after the baseline completed. Every observation remembers how many
+nulls arrived just before it, so the null fraction of a baseline or window is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drift.statistics import (
+    categorical_reference,
+    ks_statistic,
+    moments,
+    numeric_reference,
+    psi_categorical,
+    psi_numeric,
+)
+from featurestore.config import Settings
+from featurestore.features.registry import CATEGORICAL, MONITORED_KINDS, REGISTRY
+from featurestore.timestamps import format_iso, now_ms
+
+MIN_EXPLICIT_BASELINE = 2
+
+
+def null_gaps(column: np.ndarray, carry: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(non-null values, nulls just before each of them, nulls left after the last one)."""
+    present = ~np.isnan(column)
+    positions = np.flatnonzero(present)
+    if positions.size == 0:
+        return column[:0], positions, carry + column.size
+    gaps = np.diff(positions, prepend=-1) - 1
+    gaps[0] += carry
+    return column[positions], gaps, int(column.size - 1 - positions[-1])
+
+
+@dataclass
+class Pair:
+    version: str
+    feature: str
+    kind: str
+    column: int
+    baseline_size: int
+    window_size: int
+    baseline_parts: list = field(default_factory=list)
+    baseline_count: int = 0
+    baseline_nulls: int = 0
+    baseline: np.ndarray | None = None  # set when complete
+    reference: object | None = None
+    ring: np.ndarray | None = None
+    ring_gaps: np.ndarray | None = None
+    head: int = 0
+    filled: int = 0
+    carry: int = 0  # nulls since the last non-null observation
+
+    def __post_init__(self) -> None:
+        self.ring = np.empty(self.window_size)
+        self.ring_gaps = np.zeros(self.window_size, dtype=np.int64)
+
+    @property
+    def complete(self) -> bool:
+        return self.baseline is not None
+
+    def absorb(self, column: np.ndarray) -> None:
+        values, gaps, self.carry = null_gaps(column, self.carry)
+        if values.size == 0:
+            return
+        if not self.complete:
+            take = min(self.baseline_size - self.baseline_count, values.size)
+            self.baseline_parts.append(values[:take])
+            self.baseline_count += take
+            self.baseline_nulls += int(gaps[:take].sum())
+            values, gaps = values[take:], gaps[take:]
+            if self.baseline_count >= self.baseline_size:
+                self.set_baseline(np.concatenate(self.baseline_parts), self.baseline_nulls)
+        if values.size:
+            self.push(values, gaps)
+
+    def push(self, values: np.ndarray, gaps: np.ndarray) -> None:
+        if values.size > self.window_size:
+            values, gaps = values[-self.window_size:], gaps[-self.window_size:]
+        index = (self.head + np.arange(values.size)) % self.window_size
+        self.ring[index] = values
+        self.ring_gaps[index] = gaps
+        self.head = int((self.head + values.size) % self.window_size)
+        self.filled = min(self.window_size, self.filled + values.size)
+
+    def set_baseline(self, values: np.ndarray, nulls: int) -> None:
+        self.baseline = np.asarray(values, dtype=np.float64)
+        self.baseline_parts = []
+        self.baseline_count = self.baseline.size
+        self.baseline_nulls = nulls
+        self.reference = (categorical_reference(self.baseline) if self.kind == CATEGORICAL
+                          else numeric_reference(self.baseline))
+        self.clear_window()
+
+    def reset(self) -> None:
+        self.baseline = None
+        self.reference = None
+        self.baseline_parts = []
+        self.baseline_count = self.baseline_nulls = 0
+        self.clear_window()
+
+    def clear_window(self) -> None:
+        self.head = self.filled = self.carry = 0
+
+    def window(self) -> tuple[np.ndarray, int]:
+        if self.filled < self.window_size:
+            start = (self.head - self.filled) % self.window_size
+            index = (start + np.arange(self.filled)) % self.window_size
+            return self.ring[index], int(self.ring_gaps[index].sum())
+        return self.ring.copy(), int(self.ring_gaps.sum())
+
+    def detail(self, min_current: int, threshold: float) -> dict:
+        current, current_nulls = self.window()
+        score = ks = None
+        if self.complete and current.size >= min_current:
+            if self.kind == CATEGORICAL:
+                score = psi_categorical(self.reference, current)
+            else:
+                score = psi_numeric(self.reference, current)
+                ks = ks_statistic(self.reference.sorted_values, current)
+        baseline = (self.baseline if self.complete
+                    else (np.concatenate(self.baseline_parts) if self.baseline_parts
+                          else np.empty(0)))
+        return {
+            "feature": self.feature,
+            "version": self.version,
+            "drift_score": score,
+            "ks_statistic": ks,
+            "is_drifting": score is not None and score > threshold,
+            "baseline": moments(baseline, self.baseline_nulls),
+            "current": moments(current, current_nulls),
+        }
+
+
+class DriftMonitor:
+    """Every monitored pair, the counters of the report, and the alert state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pairs: dict[str, list[Pair]] = {}
+        self.since_ms: dict[str, int] = {}
+        self.tracked: dict[str, int] = {}
+        self.last_seq: dict[str, int] = {}
+        self.dropped = 0
+        self.drifting: dict[tuple[str, str], bool] = {}
+        for version in settings.versions:
+            self.pairs[version] = [
+                Pair(version, f.name, f.kind, column, settings.drift_baseline_size,
+                     settings.drift_window_size)
+                for column, f in enumerate(REGISTRY[version].features)
+                if f.kind in MONITORED_KINDS
+            ]
+            self.since_ms[version] = now_ms()
+            self.tracked[version] = 0
+
+    def count_sequence(self, worker_id: str, seq: int) -> None:
+        """Count the messages a worker sent that never arrived (gaps in its sequence)."""
+        last = self.last_seq.get(worker_id)
+        if last is not None and seq > last + 1:
+            self.dropped += seq - last - 1
+        self.last_seq[worker_id] = seq  # a restarted worker starts again at 1
+
+    def absorb(self, version: str, values: np.ndarray) -> None:
+        pairs = self.pairs.get(version)
+        if pairs is None or values.shape[0] == 0:
+            return
+        self.tracked[version] += values.shape[0]
+        for pair in pairs:
+            pair.absorb(values[:, pair.column])
+
+    def reset(self, versions: list[str]) -> None:
+        for version in versions:
+            for pair in self.pairs[version]:
+                pair.reset()
+            self.since_ms[version] = now_ms()
+            self.tracked[version] = 0
+
+    def set_baseline(self, version: str, columns: dict[str, np.ndarray]) -> list[str]:
+        """Baselines from explicit vectors (feature name -> column); the features set."""
+        done = []
+        for pair in self.pairs[version]:
+            column = columns.get(pair.feature)
+            if column is None:
+                continue
+            values, gaps, rest = null_gaps(np.asarray(column, dtype=np.float64), 0)
+            if values.size >= MIN_EXPLICIT_BASELINE:
+                pair.set_baseline(values, int(gaps.sum()) + rest)
+                done.append(pair.feature)
+        self.since_ms[version] = now_ms()
+        self.tracked[version] = 0
+        return done
+
+    def report(self) -> dict:
+        threshold = self.settings.drift_threshold
+        details = [pair.detail(self.settings.drift_min_current, threshold)
+                   for pairs in self.pairs.values() for pair in pairs]
+        scored = [d for d in details if d["drift_score"] is not None]
+        drifting = [d for d in details if d["is_drifting"]]
+        if not scored:
+            status = "insufficient_data"
+        elif drifting:
+            status = "drift_detected"
+        else:
+            status = "ok"
+        return {
+            "monitoring_since": format_iso(min(self.since_ms.values())),
+            "total_tracked": sum(self.tracked.values()),
+            "drift_threshold": threshold,
+            "features_monitored": len(details),
+            "drifting_features": len(drifting),
+            "dropped": self.dropped,
+            "status": status,
+            "drift_details": details,
+        }
+
+    def alerts(self, report: dict) -> list[dict]:
+        """One alert per pair that started or stopped drifting since the last call."""
+        out = []
+        for detail in report["drift_details"]:
+            key = (detail["version"], detail["feature"])
+            now = detail["is_drifting"]
+            if self.drifting.get(key, False) != now:
+                out.append({"feature": detail["feature"], "version": detail["version"],
+                            "is_drifting": now, "drift_score": detail["drift_score"],
+                            "at": format_iso(now_ms())})
+            self.drifting[key] = now
+        return out

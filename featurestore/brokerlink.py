@@ -1,0 +1,108 @@
+"""A service's connection to the broker's back end (compute workers and the drift process).
+
+Majordomo-style: READY on connect; heartbeats every HEARTBEAT_INTERVAL_MS carrying the
+service's figures; a fresh socket and READY again when the broker has been silent for
+HEARTBEAT_LIVENESS intervals or says DISCONNECT, so a restarted broker gets its services back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import zmq
+
+from featurestore.config import Settings
+from featurestore.protocol import (
+    W_DISCONNECT,
+    W_HEARTBEAT,
+    W_JOB,
+    Op,
+    Reply,
+    decode_job,
+    heartbeat_frames,
+    ready_frames,
+    result_frames,
+)
+
+log = logging.getLogger("brokerlink")
+
+Job = tuple[bytes, Op, dict, list]
+
+
+class BrokerLink:
+    def __init__(
+        self,
+        context: zmq.Context,
+        settings: Settings,
+        service: str,
+        worker_id: str,
+        figures: Callable[[], dict],
+    ) -> None:
+        self.context = context
+        self.settings = settings
+        self.service = service
+        self.worker_id = worker_id
+        self.figures = figures
+        self.interval_s = settings.heartbeat_interval_ms / 1000
+        self.liveness_s = self.interval_s * settings.heartbeat_liveness
+        self.socket: zmq.Socket | None = None
+        self.broker_expiry = 0.0
+        self.next_heartbeat = 0.0
+
+    def connect(self) -> zmq.Socket:
+        """A new socket to the broker (closing the old one) and READY."""
+        if self.socket is not None:
+            self.socket.close(linger=0)
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        identity = f"{self.service}-{self.worker_id}-{os.getpid()}-{time.monotonic_ns()}"
+        self.socket.setsockopt(zmq.IDENTITY, identity.encode())
+        for endpoint in self.settings.broker_backend.split(","):
+            self.socket.connect(endpoint.strip())
+        self.socket.send_multipart(ready_frames(self.service, self.worker_id, os.getpid()))
+        self.broker_expiry = time.monotonic() + self.liveness_s
+        self.next_heartbeat = time.monotonic() + self.interval_s
+        return self.socket
+
+    def timeout_ms(self) -> int:
+        """How long a poll may wait before the next heartbeat is due."""
+        return max(0, int((self.next_heartbeat - time.monotonic()) * 1000))
+
+    def receive(self) -> Job | None:
+        """Read one message from the broker; a job to run, or None (heartbeat, disconnect)."""
+        frames = self.socket.recv_multipart(copy=False)
+        self.broker_expiry = time.monotonic() + self.liveness_s
+        command = frames[0].bytes
+        if command == W_JOB:
+            return decode_job([f.buffer for f in frames[1:]])
+        if command == W_DISCONNECT:
+            self.broker_expiry = 0.0  # register again on the next tick
+        elif command != W_HEARTBEAT:
+            log.warning("unknown command %r from the broker", command)
+        return None
+
+    def send_result(self, job_id: bytes, reply: Reply) -> None:
+        self.socket.send_multipart(result_frames(job_id, reply), copy=False)
+
+    def tick(self) -> bool:
+        """Send a due heartbeat; reconnect if the broker went silent. True if reconnected."""
+        now = time.monotonic()
+        reconnected = False
+        if now >= self.broker_expiry:
+            log.warning("broker silent for %.1f s: reconnecting", self.liveness_s)
+            self.connect()
+            reconnected = True
+        if now >= self.next_heartbeat:
+            figures = self.figures()
+            figures.update(pid=os.getpid(), worker_id=self.worker_id, service=self.service)
+            self.socket.send_multipart(heartbeat_frames(figures))
+            self.next_heartbeat = now + self.interval_s
+        return reconnected
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
