@@ -35,8 +35,9 @@ def save(monitor: DriftMonitor, data_dir: str) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     with temporary.open("wb") as handle:
-        np.savez(handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                 **arrays)
+        np.savez(
+            handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays
+        )
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -50,8 +51,7 @@ def load(monitor: DriftMonitor, data_dir: str) -> int:
         return 0
     with np.load(path) as stored:
         meta = json.loads(bytes(stored["__meta__"]).decode())
-        by_key = {p.version + "/" + p.feature: p
-                  for pairs in monitor.pairs.values() for p in pairs}
+        by_key = {p.version + "/" + p.feature: p for pairs in monitor.pairs.values() for p in pairs}
         restored = 0
         for entry in meta["pairs"]:
             pair = by_key.get(entry["key"])

@@ -83,7 +83,7 @@ class Pair:
 
     def push(self, values: np.ndarray, gaps: np.ndarray) -> None:
         if values.size > self.window_size:
-            values, gaps = values[-self.window_size:], gaps[-self.window_size:]
+            values, gaps = values[-self.window_size :], gaps[-self.window_size :]
         index = (self.head + np.arange(values.size)) % self.window_size
         self.ring[index] = values
         self.ring_gaps[index] = gaps
@@ -95,8 +95,11 @@ class Pair:
         self.baseline_parts = []
         self.baseline_count = self.baseline.size
         self.baseline_nulls = nulls
-        self.reference = (categorical_reference(self.baseline) if self.kind == CATEGORICAL
-                          else numeric_reference(self.baseline))
+        self.reference = (
+            categorical_reference(self.baseline)
+            if self.kind == CATEGORICAL
+            else numeric_reference(self.baseline)
+        )
         self.clear_window()
 
     def reset(self) -> None:
@@ -125,9 +128,11 @@ class Pair:
             else:
                 score = psi_numeric(self.reference, current)
                 ks = ks_statistic(self.reference.sorted_values, current)
-        baseline = (self.baseline if self.complete
-                    else (np.concatenate(self.baseline_parts) if self.baseline_parts
-                          else np.empty(0)))
+        baseline = (
+            self.baseline
+            if self.complete
+            else (np.concatenate(self.baseline_parts) if self.baseline_parts else np.empty(0))
+        )
         return {
             "feature": self.feature,
             "version": self.version,
@@ -152,8 +157,14 @@ class DriftMonitor:
         self.drifting: dict[tuple[str, str], bool] = {}
         for version in settings.versions:
             self.pairs[version] = [
-                Pair(version, f.name, f.kind, column, settings.drift_baseline_size,
-                     settings.drift_window_size)
+                Pair(
+                    version,
+                    f.name,
+                    f.kind,
+                    column,
+                    settings.drift_baseline_size,
+                    settings.drift_window_size,
+                )
                 for column, f in enumerate(REGISTRY[version].features)
                 if f.kind in MONITORED_KINDS
             ]
@@ -199,8 +210,11 @@ class DriftMonitor:
 
     def report(self) -> dict:
         threshold = self.settings.drift_threshold
-        details = [pair.detail(self.settings.drift_min_current, threshold)
-                   for pairs in self.pairs.values() for pair in pairs]
+        details = [
+            pair.detail(self.settings.drift_min_current, threshold)
+            for pairs in self.pairs.values()
+            for pair in pairs
+        ]
         scored = [d for d in details if d["drift_score"] is not None]
         drifting = [d for d in details if d["is_drifting"]]
         if not scored:
@@ -227,8 +241,14 @@ class DriftMonitor:
             key = (detail["version"], detail["feature"])
             now = detail["is_drifting"]
             if self.drifting.get(key, False) != now:
-                out.append({"feature": detail["feature"], "version": detail["version"],
-                            "is_drifting": now, "drift_score": detail["drift_score"],
-                            "at": format_iso(now_ms())})
+                out.append(
+                    {
+                        "feature": detail["feature"],
+                        "version": detail["version"],
+                        "is_drifting": now,
+                        "drift_score": detail["drift_score"],
+                        "at": format_iso(now_ms()),
+                    }
+                )
             self.drifting[key] = now
         return out

@@ -38,13 +38,13 @@ def numeric_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def numeric_reference(baseline: np.ndarray) -> NumericReference:
     edges = np.quantile(baseline, NUMERIC_QUANTILES)
-    return NumericReference(edges, numeric_bins(baseline, edges) / baseline.size,
-                            np.sort(baseline))
+    return NumericReference(edges, numeric_bins(baseline, edges) / baseline.size, np.sort(baseline))
 
 
 def categorical_bins(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    counts = np.array([np.count_nonzero(values == label) for label in labels.tolist()],
-                      dtype=np.int64)
+    counts = np.array(
+        [np.count_nonzero(values == label) for label in labels.tolist()], dtype=np.int64
+    )
     return np.append(counts, values.size - counts.sum())
 
 

@@ -281,7 +281,8 @@ class FrameWriter:
     Writes to `<name>.partial` and moves it into place on a clean close, so a failed run
     never leaves a half-written output behind."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        self.metadata = metadata or {}
         self.final_path = Path(path)
         self.kind = file_format(self.final_path)
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +296,10 @@ class FrameWriter:
         if self.kind == "parquet":
             table = pa.Table.from_pandas(frame, preserve_index=False, schema=self._schema)
             if self._parquet is None:
-                self._schema = table.schema
+                self._schema = table.schema.with_metadata(
+                    {**(table.schema.metadata or {}), **self.metadata}
+                )
+                table = table.replace_schema_metadata(self._schema.metadata)
                 self._parquet = pq.ParquetWriter(self.path, table.schema)
             self._parquet.write_table(table)
         elif self.kind == "csv":

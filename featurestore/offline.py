@@ -30,6 +30,7 @@ from featurestore.store.base import EventStore
 STATUS_OK = "ok"
 STATUS_NOT_FOUND = "not_found"
 GENERATE_CHUNK_ROWS = 50_000
+VERSION_METADATA_KEY = "featurestore.version"  # Parquet schema metadata of generated files
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def generate_file(
     started = time.perf_counter()
     source = Path(rows_path)
     rows = found = 0
-    with FrameWriter(output_path) as writer:
+    with FrameWriter(output_path, metadata={VERSION_METADATA_KEY: version}) as writer:
         for chunk in read_chunks(source, ROW_REQUIRED, chunk_rows=chunk_rows):
             entity_ids = check_identifiers(source, chunk, "entity_id", rows, required=True)
             as_of = check_timestamps(source, chunk, rows)

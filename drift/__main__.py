@@ -1,0 +1,5 @@
+import sys
+
+from drift.main import main
+
+sys.exit(main())

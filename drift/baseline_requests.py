@@ -1,0 +1,163 @@
+"""POST /drift/baseline: reset, baseline from entity ids (as of the request's T), or from a
+file written by `featurestore generate` under DATA_DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from drift.monitor import DriftMonitor
+from featurestore.config import Settings
+from featurestore.errors import Code, ServiceError
+from featurestore.features.engine import compute
+from featurestore.features.registry import REGISTRY
+from featurestore.files import FileError, file_format, read_chunks
+from featurestore.offline import STATUS_OK, VERSION_METADATA_KEY
+from featurestore.queries import check_fields, invalid, require_object
+from featurestore.store.sqlite import open_store
+from featurestore.timestamps import format_iso, now_ms
+
+ACTIONS = ("reset", "entity_ids", "file")
+FILE_ROWS_MAX = 100_000  # rows of a baseline file used (the first ones)
+
+
+class BaselineRequests:
+    def __init__(self, settings: Settings, monitor: DriftMonitor) -> None:
+        self.settings = settings
+        self.monitor = monitor
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = open_store(self.settings.data_dir)
+        return self._store
+
+    def handle(self, body: Any) -> dict:
+        body = require_object(body)
+        check_fields(body, ("action", "version", "entity_ids", "path"))
+        action = body.get("action")
+        if action not in ACTIONS:
+            raise invalid(f"'action' must be one of {', '.join(ACTIONS)}", valid=list(ACTIONS))
+        versions = self._versions(body.get("version"))
+        if action == "reset":
+            self.monitor.reset(versions)
+            return {
+                "action": "reset",
+                "versions": versions,
+                "monitoring_since": format_iso(now_ms()),
+            }
+        if action == "entity_ids":
+            return self._from_entities(body.get("entity_ids"), versions)
+        return self._from_file(body.get("path"), body.get("version"))
+
+    def _versions(self, version: Any) -> list[str]:
+        if version is None:
+            return list(self.settings.versions)
+        if version not in self.settings.versions:
+            raise ServiceError(
+                Code.UNKNOWN_VERSION,
+                f"unknown version {version!r}",
+                unknown=[version],
+                valid=list(self.settings.versions),
+            )
+        return [version]
+
+    def _from_entities(self, entity_ids: Any, versions: list[str]) -> dict:
+        if not isinstance(entity_ids, list) or not entity_ids:
+            raise invalid("'entity_ids' must be a non-empty list for action entity_ids")
+        if len(entity_ids) > self.settings.batch_max_entities:
+            raise ServiceError(
+                Code.BATCH_TOO_LARGE,
+                f"{len(entity_ids)} entity_ids exceed "
+                f"BATCH_MAX_ENTITIES ({self.settings.batch_max_entities})",
+            )
+        if not all(isinstance(e, str) for e in entity_ids):
+            raise invalid("'entity_ids' must be strings")
+        t_ms = now_ms()
+        codes, uniques = pd.factorize(pd.Series(entity_ids, dtype=object))
+        batch = self.store.read(list(uniques))
+        features_set = {}
+        for version in versions:
+            matrix = compute(batch, codes, t_ms, version, self.store.category_names())
+            if not matrix.found.all():
+                unknown = sorted({entity_ids[i] for i in np.flatnonzero(~matrix.found)})
+                raise invalid(
+                    f"{len(unknown)} entity id(s) have no events at or before {format_iso(t_ms)}",
+                    unknown=unknown[:100],
+                )
+            names = REGISTRY[version].names
+            columns = {name: matrix.values[:, i] for i, name in enumerate(names)}
+            features_set[version] = self.monitor.set_baseline(version, columns)
+        return {
+            "action": "entity_ids",
+            "versions": versions,
+            "entities": len(entity_ids),
+            "timestamp": t_ms,
+            "features": features_set,
+        }
+
+    def _from_file(self, path: Any, version: Any) -> dict:
+        if not isinstance(path, str) or not path:
+            raise invalid("'path' is required for action file")
+        data_dir = Path(self.settings.data_dir).resolve()
+        target = (data_dir / path).resolve()
+        if not target.is_relative_to(data_dir):
+            raise invalid("'path' must be inside DATA_DIR")
+        if not target.is_file():
+            raise invalid(f"no such file under DATA_DIR: {path}")
+        try:
+            file_format(target)
+            recorded = _recorded_version(target)
+            chosen = version or recorded
+            if chosen is None:
+                raise invalid("the file records no version (CSV/JSON Lines): give 'version'")
+            self._versions(chosen)
+            frame = _read_vectors(target, chosen)
+        except FileError as exc:
+            raise invalid(str(exc)) from None
+        columns = {
+            name: pd.to_numeric(frame[name], errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+            for name in REGISTRY[chosen].names
+            if name in frame
+        }
+        features_set = self.monitor.set_baseline(chosen, columns)
+        return {
+            "action": "file",
+            "versions": [chosen],
+            "rows": len(frame),
+            "features": {chosen: features_set},
+        }
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _recorded_version(path: Path) -> str | None:
+    if file_format(path) != "parquet":
+        return None
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(VERSION_METADATA_KEY.encode())
+    return value.decode() if value else None
+
+
+def _read_vectors(path: Path, version: str) -> pd.DataFrame:
+    names = REGISTRY[version].names
+    frames, rows = [], 0
+    for chunk in read_chunks(path, ("entity_id",), (*names, "status")):
+        found = chunk[chunk["status"] == STATUS_OK] if "status" in chunk else chunk
+        frames.append(found)
+        rows += len(found)
+        if rows >= FILE_ROWS_MAX:
+            break
+    frame = pd.concat(frames, ignore_index=True).head(FILE_ROWS_MAX)
+    if not any(name in frame for name in names):
+        raise invalid(f"the file has no feature column of {version}")
+    return frame

@@ -1,0 +1,166 @@
+"""The drift process: absorbs the vectors workers publish, answers report and baseline
+requests as the broker's `drift` service, publishes reports and alerts.
+
+Sockets: SUB bound at DRIFT_FEATURES_ENDPOINT (workers connect and may come and go), PUB bound
+at DRIFT_PUB_ENDPOINT (topics `report` and `alert`), and a BrokerLink to the broker. Vectors
+are drained in bulk and absorbed per version as one matrix. Before answering a request the
+SUB queue is drained, so a report includes every vector received before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import defaultdict
+
+import numpy as np
+import orjson
+import zmq
+
+from drift import baselines
+from drift.baseline_requests import BaselineRequests
+from drift.monitor import DriftMonitor
+from featurestore.brokerlink import BrokerLink
+from featurestore.config import Settings
+from featurestore.errors import Code, ServiceError
+from featurestore.logs import rid
+from featurestore.protocol import SERVICE_DRIFT, Op, Reply, get_array, unpack
+from workers.publisher import TOPIC_VECTORS
+
+log = logging.getLogger("drift")
+TOPIC_REPORT = b"report"
+TOPIC_ALERT = b"alert"
+DRAIN_LIMIT = 5000  # messages absorbed per loop turn at most
+SUB_HWM = 100_000
+
+
+class DriftService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = zmq.Context()
+        self.monitor = DriftMonitor(settings)
+        restored = baselines.load(self.monitor, settings.data_dir)
+        log.info("drift: %d complete baselines restored", restored)
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_VECTORS)
+        for endpoint in settings.drift_features_endpoint.split(","):
+            self.sub.bind(endpoint.strip())
+        self.pub = self.context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        for endpoint in settings.drift_pub_endpoint.split(","):
+            self.pub.bind(endpoint.strip())
+        self.link = BrokerLink(self.context, settings, SERVICE_DRIFT, "drift", self.figures)
+        self.requests = BaselineRequests(settings, self.monitor)
+        self.received = 0
+        self.complete_pairs = self._complete_count()
+        self.interval_s = settings.drift_check_interval_ms / 1000
+        self.next_report = time.monotonic() + self.interval_s
+        self.stopping = False
+
+    def figures(self) -> dict:
+        return {"received": self.received, "dropped": self.monitor.dropped}
+
+    def _complete_count(self) -> int:
+        return sum(p.complete for pairs in self.monitor.pairs.values() for p in pairs)
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    # ------------------------------------------------------------------------ loop
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.link.connect(), zmq.POLLIN)
+        log.info(
+            "drift ready: vectors %s, reports %s",
+            self.settings.drift_features_endpoint,
+            self.settings.drift_pub_endpoint,
+        )
+        while not self.stopping:
+            wait = min(
+                self.link.timeout_ms(), max(0, int((self.next_report - time.monotonic()) * 1000))
+            )
+            events = dict(poller.poll(wait))
+            if self.sub in events:
+                self.drain()
+            if self.link.socket in events:
+                job = self.link.receive()
+                if job is not None:
+                    self.answer(job)
+            socket = self.link.socket
+            if self.link.tick():
+                poller.unregister(socket)
+                poller.register(self.link.socket, zmq.POLLIN)
+            if time.monotonic() >= self.next_report:
+                self.publish_report()
+        self.close()
+
+    def drain(self, limit: int = DRAIN_LIMIT) -> int:
+        """Absorb every waiting vector message (up to `limit`), one matrix per version."""
+        batches: dict[str, list[np.ndarray]] = defaultdict(list)
+        taken = 0
+        while taken < limit and self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.sub.recv_multipart(copy=False)
+            taken += 1
+            try:
+                header = unpack(frames[1].buffer)
+                values = get_array([f.buffer for f in frames[2:]], header["values"])
+                self.monitor.count_sequence(str(header["worker_id"]), int(header["seq"]))
+            except (ValueError, KeyError, TypeError, IndexError, ServiceError):
+                log.warning("malformed vector message ignored")
+                continue
+            batches[header["version"]].append(values)
+        for version, parts in batches.items():
+            matrix = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self.received += matrix.shape[0]
+            self.monitor.absorb(version, matrix)
+        if self._complete_count() != self.complete_pairs:
+            self.complete_pairs = self._complete_count()
+            baselines.save(self.monitor, self.settings.data_dir)
+        return taken
+
+    def drain_all(self) -> None:
+        while self.drain():
+            pass
+
+    def answer(self, job: tuple) -> None:
+        job_id, op, payload, _ = job
+        request_id = payload.pop("request_id", "")
+        self.drain_all()
+        try:
+            if op is Op.DRIFT_REPORT:
+                reply = Reply(request_id, self.monitor.report())
+            elif op is Op.DRIFT_BASELINE:
+                body = self.requests.handle(payload)
+                baselines.save(self.monitor, self.settings.data_dir)
+                self.complete_pairs = self._complete_count()
+                reply = Reply(request_id, body)
+            else:
+                raise ServiceError(Code.INVALID_REQUEST, f"drift does not handle {op.value!r}")
+        except ServiceError as error:
+            reply = Reply.error(request_id, error)
+        except Exception as exc:  # a bug: answer `internal`, keep serving
+            log.exception("%s %s failed", rid(request_id), op.value)
+            reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"drift error: {exc}"))
+        self.link.send_result(job_id, reply)
+
+    def publish_report(self) -> None:
+        self.drain_all()
+        report = self.monitor.report()
+        self.pub.send_multipart([TOPIC_REPORT, orjson.dumps(report)])
+        for alert in self.monitor.alerts(report):
+            self.pub.send_multipart([TOPIC_ALERT, orjson.dumps(alert)])
+        self.next_report = time.monotonic() + self.interval_s
+
+    def close(self) -> None:
+        log.info("drift stopping")
+        self.link.close()
+        self.sub.close(linger=0)
+        self.pub.close(linger=0)
+        self.requests.close()
+        self.context.term()
