@@ -1,0 +1,89 @@
+"""Running the whole service on supervisord: the environment, the process, its control.
+
+`featurestore serve` and the supervisord tests use this; supervisord.conf takes every path and
+port from the environment built here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import xmlrpc.client
+from pathlib import Path
+
+from featurestore.config import Settings
+
+CONFIG = Path(__file__).with_name("supervisord.conf")
+SOCKET_PATH_MAX = 100
+
+
+def socket_path(settings: Settings) -> str:
+    """DATA_DIR/supervisor.sock, or a short /tmp path when that would be too long."""
+    inside = os.path.join(settings.data_dir, "supervisor.sock")
+    if len(inside) <= SOCKET_PATH_MAX:
+        return inside
+    digest = hashlib.blake2b(settings.data_dir.encode(), digest_size=6).hexdigest()
+    return f"/tmp/fs-{digest}.sock"
+
+
+def supervisor_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update(settings.as_env())
+    env["FS_PYTHON"] = sys.executable
+    env["SUPERVISOR_SOCKET"] = socket_path(settings)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_supervisord(
+    settings: Settings, base_env: dict[str, str] | None = None, config: Path = CONFIG
+) -> subprocess.Popen:
+    """supervisord in the foreground (-n), in its own process group."""
+    Path(settings.data_dir, "logs").mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config)],
+        env=supervisor_env(settings, base_env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+class UnixTransport(xmlrpc.client.Transport):
+    """XML-RPC over supervisord's unix socket."""
+
+    def __init__(self, path: str, timeout_s: float = 5.0) -> None:
+        super().__init__()
+        self.path = path
+        self.timeout_s = timeout_s
+
+    def make_connection(self, host):
+        import http.client
+        import socket
+
+        transport = self
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(transport.timeout_s)
+                self.sock.connect(transport.path)
+
+        return Connection("localhost")
+
+
+def control(settings: Settings) -> xmlrpc.client.ServerProxy:
+    """supervisord's XML-RPC interface (`.supervisor.getAllProcessInfo()` etc.)."""
+    return xmlrpc.client.ServerProxy(
+        "http://localhost", transport=UnixTransport(socket_path(settings))
+    )
+
+
+def process_states(settings: Settings) -> dict[str, str]:
+    """{"broker": "RUNNING", "worker-0": ..., ...} by supervisord process name."""
+    return {
+        info["name"]: info["statename"] for info in control(settings).supervisor.getAllProcessInfo()
+    }
