@@ -35,31 +35,38 @@ Read protocol (no lock, no write except access_ns): probe the active index for t
 for a candidate slot read seq s1 (odd: retry), copy the covered bytes, the check word and
 compare the key bytes, read seq s2; s1 != s2: retry. The copy must name this (tag,
 key_len, version) with equal key bytes, else the probe goes on; then adler32(copy) !=
-check: retry (all retries bounded, then a miss). Finally the entry must carry the entity's
-current generation and be younger than the TTL. The seqlock is sound on x86-TSO; the
-checksum also makes a torn copy detectable on weakly ordered CPUs (Python has no memory
-barriers). adler32 rather than crc32: half the cost per get, and get_many verifies 1,000
-rows at once with one float matrix-vector product instead of 1,000 calls.
+check: retry (retries are bounded: 4 at once, then yielding the CPU for up to 2 ms, then a
+miss; a writer killed inside a record leaves its seq odd until the next writer repairs it).
+Finally the entry must carry the entity's current generation and satisfy
+now_ms - stored_at_ms < ttl_ms (checked on every read, get and get_many alike). The seqlock
+is sound on x86-TSO; the checksum also makes a torn copy detectable on weakly ordered CPUs
+(Python has no memory barriers). adler32 rather than crc32: half the cost per get, and
+get_many verifies 1,000 rows at once with two float matrix-vector products.
 
 Write protocol: every writer holds the writer lock, an exclusive open-file-description
 (OFD) fcntl lock on byte LOCK_WRITER of the segment itself (released by the kernel when
 the holder dies; POSIX record locks would vanish on any close(), semaphores stay taken).
 Inside, it stores its pid in H_WRITER and clears it last; a writer that finds H_WRITER set
-knows the previous holder died mid-write and first recovers: records with an odd seq are
-freed, slot meta and free stack are rebuilt from the records whose checksum holds, and the index
-is rebuilt. A record write is seq += 1, covered bytes + check (+ key), seq += 1; a new entry
-is published in the index only after its record is complete. put is conditional on the
-entity's generation (read before computing), checked under the lock.
+knows the previous holder died mid-write and first recovers (shm/recovery.py): records with
+an odd seq are freed; slot meta and the free stack are rebuilt from the records whose
+checksum holds and whose generation is current; the index is rebuilt. A record write is
+seq += 1, covered bytes + check (+ key), seq += 1; a new entry is published in the index
+only after its record is complete. put is conditional on the entity's generation (read
+before computing), checked under the lock.
 
 Eviction: free slots first, then entries that are already dead (expired or of an old
 generation), then the least recently used: the smallest access_ns within a window of
-EVICTION_WINDOW slots starting at a rotating hand. With N <= EVICTION_WINDOW this is exact
-LRU; above it is a sampled LRU over 8,192 consecutive slots (entries sit in slots in no
-particular age order, so the window is a random sample).
+EVICTION_WINDOW slots starting at a rotating hand. access_ns is time.time_ns() of the last
+hit (stored by readers, unlocked: a lost race only blurs recency) or of the write. With
+N <= EVICTION_WINDOW this is exact LRU; above, a sampled LRU over 8,192 consecutive slots
+(entries sit in slots in no particular age order, so the window is a random sample: its
+oldest entry is, on average, within the oldest 1/8,192 of the cache).
 
 Creation: whoever opens first creates the file with O_CREAT|O_EXCL; everybody then takes
-the OFD lock on byte LOCK_INIT; whoever holds it and finds no ready marker initialises
-(so a creator that died half-way is simply redone), then everybody validates the header.
+the OFD lock on byte LOCK_INIT (polling until `wait_s` runs out); whoever holds it and
+finds no ready marker initialises (zero-fill, posix_fallocate so that the memory is
+reserved now, header, ready marker last), so a creator that died half-way is simply
+redone; then everybody validates the header against its own settings and maps the file.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ CAPACITY = 48  # fewer than KEYS: evictions happen too
 TTL_MS = 600_000
 KEY_FIELD = 1000  # a stamp ends with the key's index, so a vector of another key shows
 START_S = 90.0  # spawned interpreters on 2 busy cores
-RUN_S = 2.5
+RUN_S = 3.0
 
 
 @pytest.fixture

@@ -281,6 +281,16 @@ def test_stats_semantics(open_cache, cache_name):
     assert {"evictions", "expirations", "puts"} <= stats.keys()
 
 
+def test_a_peek_counts_nothing_until_the_caller_counts_it(open_cache):
+    cache = open_cache()
+    put(cache, "a", 1.0)
+    assert cache.get("v1", "a", count=False) is not None
+    assert cache.get_many("v1", ["a", "b"], count=False)[2].tolist() == [True, False]
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (0, 0)
+    cache.count_lookups(hits=2, misses=1)
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (2, 1)
+
+
 def test_statistics_are_shared_by_every_attached_instance(open_cache):
     first, second = open_cache(), open_cache()
     put(first, "a", 1.0)
