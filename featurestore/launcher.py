@@ -14,7 +14,6 @@ and `stop()` ends only the stack's own pids and drops its cache segment.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -35,11 +34,11 @@ import zmq
 from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.errors import ServiceError
+from featurestore.logs import PARENT_PID_VARIABLE
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 0.05
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_port() -> int:
@@ -105,7 +104,12 @@ class Stack:
             "GATEWAY_WORKERS": "2",
         }
         base.update(self.env)
-        self.environ = {**os.environ, **base, "PYTHONUNBUFFERED": "1"}
+        self.environ = {
+            **os.environ,
+            **base,
+            "PYTHONUNBUFFERED": "1",
+            PARENT_PID_VARIABLE: str(os.getpid()),
+        }
         self.settings = Settings.from_env(self.environ)
 
     # ------------------------------------------------------------------ processes
@@ -127,7 +131,6 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
 
     def add(self, name: str, argv: list[str], autorestart: bool | None = None) -> Managed:
@@ -260,12 +263,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the launcher goes away (a killed test run leaves nothing)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
