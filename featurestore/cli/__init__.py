@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from featurestore.cli import cache, demo, entity, generate, ingest, serve
+from featurestore.cli import bench, cache, demo, entity, generate, ingest, serve
 from featurestore.cli.common import EXIT_USAGE, CommandError, load_settings
 from featurestore.config import EXIT_CONFIG, ConfigError
 
-COMMANDS = (demo, ingest, generate, entity, serve, cache)
+COMMANDS = (demo, ingest, generate, entity, serve, cache, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
