@@ -163,7 +163,13 @@ async def _memory(host: str, port: int) -> dict[str, int]:
 
 
 async def run_stress(
-    host: str, port: int, entity_ids: list[str], duration_s: float, concurrency: int, seed: int = 1
+    host: str,
+    port: int,
+    entity_ids: list[str],
+    *,
+    duration_s: float,
+    concurrency: int,
+    seed: int = 1,
 ) -> dict:
     outcome = Outcome()
     started = time.monotonic()
