@@ -47,7 +47,13 @@ def run_stress_command(args: argparse.Namespace, settings: Settings) -> int:
     host = url.hostname or "127.0.0.1"
     host = "127.0.0.1" if host == "0.0.0.0" else host
     result = asyncio.run(
-        run_stress(host, url.port or 80, entity_ids(settings), args.duration, args.concurrency)
+        run_stress(
+            host,
+            url.port or 80,
+            entity_ids(settings),
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+        )
     )
     print("\n".join(report_lines(result)))
     if args.output:
