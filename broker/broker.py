@@ -74,6 +74,7 @@ class Broker:
         self.status = BrokerStatus(settings, self.registry, self.cache)
         self.next_heartbeat = time.monotonic() + self.interval_s
         self.stopping = False
+        self.stop_deadline = 0.0
 
     def _router(self, endpoints: str, max_bytes: int) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
@@ -98,7 +99,7 @@ class Broker:
             self.settings.broker_frontend,
             self.settings.broker_backend,
         )
-        while not self.stopping:
+        while not self.stopped():
             timeout = max(0, int((self.next_heartbeat - time.monotonic()) * 1000))
             events = dict(poller.poll(timeout))
             if self.backend in events:
@@ -121,7 +122,13 @@ class Broker:
                 return
 
     def request_stop(self, *_: object) -> None:
-        self.stopping = True
+        """SIGTERM: answer what is in progress (until REQUEST_TIMEOUT_MS), then leave."""
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
+
+    def stopped(self) -> bool:
+        return self.stopping and (not self.pending or time.monotonic() >= self.stop_deadline)
 
     def close(self) -> None:
         log.info("broker stopping")
