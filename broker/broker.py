@@ -33,6 +33,9 @@ from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import definitions
 from featurestore.logs import rid
 from featurestore.protocol import (
+    EVENTS,
+    NOBLOCK,
+    POLLIN,
     SERVICE_BROKER,
     SERVICE_DRIFT,
     SERVICE_FEATURES,
@@ -44,6 +47,7 @@ from featurestore.protocol import (
     ProtocolError,
     Reply,
     Request,
+    copy_small,
     heartbeat_frames,
     job_frames,
     put_array,
@@ -118,7 +122,7 @@ class Broker:
         """Handle up to `limit` waiting messages without blocking."""
         for _ in range(limit):
             handler(socket.recv_multipart(copy=False))
-            if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not socket.getsockopt(EVENTS) & POLLIN:
                 return
 
     def request_stop(self, *_: object) -> None:
@@ -298,7 +302,8 @@ class Broker:
 
     def reply(self, client: bytes, reply: Reply) -> None:
         try:
-            self.frontend.send_multipart([client, *reply.encode()], flags=zmq.NOBLOCK, copy=False)
+            frames = [client, *reply.encode()]
+            self.frontend.send_multipart(frames, flags=NOBLOCK, copy=copy_small(frames))
         except zmq.ZMQError as exc:  # the client is gone (ROUTER_MANDATORY) or not reading
             log.info("%s reply dropped: %s", rid(reply.request_id), exc)
 

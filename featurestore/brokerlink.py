@@ -21,6 +21,7 @@ from featurestore.protocol import (
     W_JOB,
     Op,
     Reply,
+    copy_small,
     decode_job,
     heartbeat_frames,
     ready_frames,
@@ -85,7 +86,8 @@ class BrokerLink:
         return None
 
     def send_result(self, job_id: bytes, reply: Reply) -> None:
-        self.socket.send_multipart(result_frames(job_id, reply), copy=False)
+        frames = result_frames(job_id, reply)
+        self.socket.send_multipart(frames, copy=copy_small(frames))
 
     def tick(self) -> bool:
         """Send a due heartbeat; reconnect if the broker went silent. True if reconnected."""

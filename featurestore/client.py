@@ -28,7 +28,7 @@ import zmq.asyncio
 
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
-from featurestore.protocol import Op, ProtocolError, Reply, Request
+from featurestore.protocol import EVENTS, POLLIN, Op, ProtocolError, Reply, Request, copy_small
 from featurestore.results import FeatureBatch
 from featurestore.timestamps import parse_timestamp
 
@@ -133,7 +133,7 @@ class Client(_Calls):
         """Send a request without waiting; `collect` its reply later."""
         request_id = request_id or new_request_id()
         frames = Request(request_id, Op(op), payload, blocks or []).encode()
-        self.socket.send_multipart(frames, copy=False)
+        self.socket.send_multipart(frames, copy=copy_small(frames))
         self._sent[request_id] = (frames, time.monotonic() + self.retry_ms / 1000)
         return request_id
 
@@ -150,7 +150,7 @@ class Client(_Calls):
                 raise ServiceError(Code.TIMEOUT, f"no answer from {self.endpoint} in time")
             self._resend_due(now, wanted)
             wait = min(deadline, *(self._sent[r][1] for r in wanted if r in self._sent)) - now
-            if self.socket.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+            if self.socket.poll(max(1, int(wait * 1000)), POLLIN):
                 self._receive()
         return [self._take(r) for r in wanted]
 
@@ -162,7 +162,7 @@ class Client(_Calls):
         for request_id in wanted:
             entry = self._sent.get(request_id)
             if entry is not None and now >= entry[1] and request_id not in self._replies:
-                self.socket.send_multipart(entry[0], copy=False)
+                self.socket.send_multipart(entry[0], copy=copy_small(entry[0]))
                 self._sent[request_id] = (entry[0], now + self.retry_ms / 1000)
 
     def _receive(self) -> None:
@@ -175,7 +175,7 @@ class Client(_Calls):
                 reply = None
             if reply is not None and reply.request_id in self._sent:
                 self._replies[reply.request_id] = reply
-            if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not self.socket.getsockopt(EVENTS) & POLLIN:
                 return
 
     def request(
@@ -319,7 +319,7 @@ class AsyncClient(_Calls):
         deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000
         try:
             while True:
-                await self.socket.send_multipart(frames, copy=False)
+                await self.socket.send_multipart(frames, copy=copy_small(frames))
                 wait = min(self.retry_ms / 1000, deadline - time.monotonic())
                 if wait <= 0:
                     raise ServiceError(Code.TIMEOUT, f"no answer from {self.endpoint} in time")

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
 
 from featurestore.errors import Code, ServiceError
 
@@ -28,6 +29,18 @@ PROTOCOL_VERSION = 1
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 MAX_REQUEST_ID_BYTES = 128
+
+# Plain ints: IntFlag arithmetic costs microseconds on the hot path.
+POLLIN = int(zmq.POLLIN)
+EVENTS = int(zmq.EVENTS)
+NOBLOCK = int(zmq.NOBLOCK)
+ZERO_COPY_MIN_BYTES = 65_536  # below this, copying a frame is cheaper than zero-copy
+
+
+def copy_small(frames: list) -> bool:
+    """The `copy` argument for send_multipart: copy unless a frame is large."""
+    return all(len(f) < ZERO_COPY_MIN_BYTES for f in frames)
+
 
 # Service names (the broker routes by these).
 SERVICE_FEATURES = "features"
