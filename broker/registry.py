@@ -81,8 +81,12 @@ class Registry:
         return state
 
     def expired(self) -> list[WorkerState]:
+        """Workers silent for longer than the liveness window, except those computing a job
+        whose request still waits: a worker cannot heartbeat while it computes (SPEC §11 adds
+        the longest compute to the liveness window), and one that died is found unreachable at
+        the broker's next heartbeat anyway. A hung one is dropped once its request expired."""
         now = time.monotonic()
-        return [s for s in self.workers.values() if s.expiry < now]
+        return [s for s in self.workers.values() if s.expiry < now and not _computing(s, now)]
 
     def alive(self, service: str) -> list[WorkerState]:
         return [s for s in self.workers.values() if s.service == service]
@@ -92,3 +96,8 @@ class Registry:
         computes = self.retired_computes + sum(s.computes for s in live)
         compute_ms = self.retired_compute_ms + sum(s.compute_ms for s in live)
         return computes, compute_ms
+
+
+def _computing(state: WorkerState, now: float) -> bool:
+    job = state.job
+    return job is not None and not job.parent.done and now < job.parent.deadline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import zmq
 
@@ -70,6 +71,12 @@ class Worker:
             self.handlers.figures.errors += 1
             reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"worker error: {exc}"))
         self.link.send_result(job_id, reply)
+        # The broker's heartbeats queued unread while the job ran: time spent computing is not
+        # broker silence. Without this, a job longer than the liveness window made the link
+        # reconnect at once, and closing the old socket (linger 0) dropped the result just sent.
+        self.link.broker_expiry = max(
+            self.link.broker_expiry, time.monotonic() + self.link.liveness_s
+        )
 
     def close(self) -> None:
         log.info("worker %s stopping", self.worker_id)

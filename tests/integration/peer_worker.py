@@ -25,7 +25,6 @@ from featurestore.protocol import (
     SERVICE_FEATURES,
     W_HEARTBEAT,
     W_JOB,
-    decode_job,
     heartbeat_frames,
     ready_frames,
 )
@@ -62,8 +61,8 @@ def run_commit_then_die(settings: Settings, peer_id: str) -> int:
 
     worker = Worker(settings, peer_id)
 
-    def run_job_then_die(frames: list) -> None:
-        _job_id, op, payload, blocks = decode_job(frames)
+    def run_job_then_die(job: tuple) -> None:
+        _job_id, op, payload, blocks = job
         request_id = payload.pop("request_id", "")
         reply = worker.handlers.handle(op, payload, blocks, request_id)
         print(f"job {op.value} {request_id} done (ok={reply.ok}); dying unanswered", flush=True)
