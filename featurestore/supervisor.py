@@ -14,6 +14,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from featurestore.config import Settings
+from featurestore.logs import PARENT_PID_VARIABLE
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 SOCKET_PATH_MAX = 100
@@ -30,6 +31,7 @@ def socket_path(settings: Settings) -> str:
 
 def supervisor_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
+    env.pop(PARENT_PID_VARIABLE, None)  # supervisord's programs must not die with us
     env.update(settings.as_env())
     env["FS_PYTHON"] = sys.executable
     env["SUPERVISOR_SOCKET"] = socket_path(settings)

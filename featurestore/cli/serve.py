@@ -28,6 +28,8 @@ from featurestore.timestamps import now_ms
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
 DEMO_ENTITIES = 10_000
+DEMO_SEED = 42
+DEMO_MARKER = ".demo-incomplete"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -113,7 +115,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         while not stop.is_set() and supervisord.poll() is None:
             stop.wait(1.0)
     finally:
-        _shutdown(settings, supervisord)
+        died = supervisord.poll() is not None and not stop.is_set()
+        if not died:
+            _shutdown(settings, supervisord)
+    if died:
+        raise CommandError(
+            f"supervisord exited on its own ({supervisord.returncode}); its "
+            f"programs may still run: see {settings.data_dir}/logs"
+        )
     return 0
 
 
