@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drift.monitor import DriftMonitor
@@ -105,10 +106,16 @@ class BaselineRequests:
         if not isinstance(path, str) or not path:
             raise invalid("'path' is required for action file")
         data_dir = Path(self.settings.data_dir).resolve()
-        target = (data_dir / path).resolve()
-        if not target.is_relative_to(data_dir):
+        try:
+            target = (data_dir / path).resolve()
+            inside = target.is_relative_to(data_dir)
+            exists = inside and target.is_file()
+        except (ValueError, OSError) as exc:  # a NUL byte, a name too long
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise invalid(f"'path' is not a usable file name: {reason}") from None
+        if not inside:
             raise invalid("'path' must be inside DATA_DIR")
-        if not target.is_file():
+        if not exists:
             raise invalid(f"no such file under DATA_DIR: {path}")
         try:
             file_format(target)
@@ -143,7 +150,10 @@ class BaselineRequests:
 def _recorded_version(path: Path) -> str | None:
     if file_format(path) != "parquet":
         return None
-    metadata = pq.read_schema(path).metadata or {}
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FileError(f"{path}: not a readable Parquet file ({exc})") from None
     value = metadata.get(VERSION_METADATA_KEY.encode())
     return value.decode() if value else None
 

@@ -77,7 +77,9 @@ class Pair:
             self.baseline_nulls += int(gaps[:take].sum())
             values, gaps = values[take:], gaps[take:]
             if self.baseline_count >= self.baseline_size:
+                carry = self.carry  # nulls after the last baseline value: the window's
                 self.set_baseline(np.concatenate(self.baseline_parts), self.baseline_nulls)
+                self.carry = carry
         if values.size:
             self.push(values, gaps)
 
@@ -121,6 +123,10 @@ class Pair:
 
     def detail(self, min_current: int, threshold: float) -> dict:
         current, current_nulls = self.window()
+        # nulls after the last non-null observation belong to whatever is filling now
+        baseline_nulls = self.baseline_nulls if self.complete else self.baseline_nulls + self.carry
+        if self.complete:
+            current_nulls += self.carry
         score = ks = None
         if self.complete and current.size >= min_current:
             if self.kind == CATEGORICAL:
@@ -139,7 +145,7 @@ class Pair:
             "drift_score": score,
             "ks_statistic": ks,
             "is_drifting": score is not None and score > threshold,
-            "baseline": moments(baseline, self.baseline_nulls),
+            "baseline": moments(baseline, baseline_nulls),
             "current": moments(current, current_nulls),
         }
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 PSI_FLOOR = 1e-4
-NUMERIC_QUANTILES = np.linspace(0.1, 0.9, 9)
+# exactly the floats 0.1 ... 0.9 (np.linspace gives 0.30000000000000004 and 0.7000000000000001)
+NUMERIC_QUANTILES = np.arange(1, 10) / 10
 TOP_CATEGORIES = 9
 
 
