@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from sanic import HTTPResponse, Request, Sanic
 
@@ -11,7 +12,13 @@ from featurestore.config import Settings
 from featurestore.errors import ServiceError
 from featurestore.logs import rid
 from gateway.context import Gateway
-from gateway.http import REQUEST_ID_HEADER, as_service_error, error_response, request_id_of
+from gateway.http import (
+    REQUEST_ID_HEADER,
+    as_service_error,
+    error_headers,
+    error_response,
+    request_id_of,
+)
 from gateway.routes.events import events
 from gateway.routes.features import features
 from gateway.routes.system import system
@@ -54,7 +61,7 @@ async def _on_request(request: Request) -> HTTPResponse | None:
     try:
         request.ctx.rid = request_id_of(request)
     except ServiceError as error:
-        request.ctx.rid = "-"
+        request.ctx.rid = uuid.uuid4().hex  # the given one is unusable: make one up
         return error_response(error)
     return None
 
@@ -73,4 +80,4 @@ async def _on_error(request: Request, exc: Exception) -> HTTPResponse:
     error = as_service_error(exc)
     if error.http_status >= 500 and not isinstance(exc, ServiceError):
         log.exception("%s unexpected error", rid(getattr(request.ctx, "rid", "-")), exc_info=exc)
-    return error_response(error)
+    return error_response(error, error_headers(exc))

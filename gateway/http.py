@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 import uuid
@@ -41,9 +43,62 @@ def json_body(request: Request) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ServiceError(
-            Code.INVALID_JSON, f"the request body is not valid JSON: {exc}"
-        ) from None
+        raise _refused_json(raw, exc) from None
+
+
+def _refused_json(raw: bytes, exc: orjson.JSONDecodeError) -> ServiceError:
+    """Why orjson refused the body. Some JSON that RFC 8259 allows, orjson does not: a lone
+    surrogate escape ("\\ud800") or a number beyond float range (1e999). Such a body IS JSON,
+    holding a value no field accepts (SPEC section 3), so it is `invalid_request`, not
+    `invalid_json`. The standard parser (slower, on this error path only) tells them apart."""
+    not_json = ServiceError(Code.INVALID_JSON, f"the request body is not valid JSON: {exc}")
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+        found = _unrepresentable(value, [])
+    except (ValueError, RecursionError):
+        return not_json
+    if found is None:
+        return not_json
+    path, reason = found
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{_printable(p)}" for p in path)
+    where = where.lstrip(".") or "the body"
+    extra = {}
+    if len(path) >= 3 and path[0] == "events" and isinstance(path[1], int):
+        field = path[2] if isinstance(path[2], str) else "event"
+        extra["errors"] = [{"index": path[1], "field": _printable(field), "reason": reason}]
+    return ServiceError(Code.INVALID_REQUEST, f"'{where}' {reason}", **extra)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unrepresentable(value: Any, path: list) -> tuple[list, str] | None:
+    """The first string with a lone surrogate or non-finite number in `value`, and why."""
+    if isinstance(value, str):
+        return (path, "contains a lone surrogate") if _SURROGATE.search(value) else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, "must be finite")
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return [*path, key], "is a field name with a lone surrogate"
+        found = _unrepresentable(item, [*path, key])
+        if found is not None:
+            return found
+    return None
 
 
 def json_response(body: Any, status: int = 200, headers: dict | None = None) -> HTTPResponse:
@@ -54,11 +109,18 @@ def elapsed_ms(request: Request) -> float:
     return round((time.perf_counter() - request.ctx.started) * 1000, 3)
 
 
-def error_response(error: ServiceError) -> HTTPResponse:
-    headers = {}
+def error_response(error: ServiceError, headers: dict | None = None) -> HTTPResponse:
+    headers = dict(headers or {})
     if error.code in (Code.OVERLOADED, Code.NO_WORKERS):
         headers["Retry-After"] = str(int(error.extra.get("retry_after_s", 1)))
     return json_response(error.body(), error.http_status, headers)
+
+
+def error_headers(exc: Exception) -> dict:
+    """Headers an error must keep, e.g. the `Allow` of a 405 (RFC 9110 section 15.5.6)."""
+    if isinstance(exc, MethodNotAllowed) and exc.allowed_methods:
+        return {"Allow": ", ".join(sorted(exc.allowed_methods))}
+    return {}
 
 
 def as_service_error(exc: Exception) -> ServiceError:

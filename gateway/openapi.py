@@ -5,20 +5,37 @@ from __future__ import annotations
 from typing import Any
 
 from featurestore.config import Settings
-from featurestore.errors import HTTP_STATUS, Code
+from featurestore.errors import HTTP_STATUS, MAX_REPORTED_ERRORS, Code
 from featurestore.features.registry import REGISTRY
+from featurestore.timestamps import MAX_TIMESTAMP_MS
+from featurestore.validation import MAX_ID_BYTES
 
+EPOCH_MS = {"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP_MS - 1}
 TIMESTAMP = {
-    "oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
-    "description": "epoch milliseconds or an ISO-8601 string (UTC without offset)",
+    "oneOf": [
+        EPOCH_MS,
+        {"type": "string", "minLength": 10, "maxLength": 64, "pattern": "^[0-9]{4}"},
+    ],
+    "description": "epoch milliseconds (a number with an integral value) or an ISO-8601 string "
+    "(UTC without offset; below the millisecond floored)",
 }
-ENTITY_ID = {"type": "string", "minLength": 1, "description": "1-256 UTF-8 bytes"}
+# 1-256 UTF-8 bytes (JSON Schema counts characters, so maxLength is only the outer bound),
+# no control characters, no lone surrogates
+IDENTIFIER_PATTERN = "^[^\\u0000-\\u001f]+$"
+ENTITY_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_BYTES,
+    "pattern": IDENTIFIER_PATTERN,
+    "description": "1-256 UTF-8 bytes, no control characters",
+}
 FEATURE_NAMES = {
     "type": "array",
     "items": {"type": "string"},
-    "description": "feature names; absent or empty = all, in registry order",
+    "nullable": True,
+    "description": "feature names; absent, null or empty = all, in registry order",
 }
-VALUE = {"oneOf": [{"type": "number"}, {"type": "integer"}], "nullable": True}
+VALUE = {"type": "number", "nullable": True, "description": "null when degenerate"}
 FEATURE_MAP = {"type": "object", "additionalProperties": VALUE}
 NUMBER = {"type": "number"}
 INTEGER = {"type": "integer"}
@@ -44,8 +61,9 @@ def _json(schema: dict) -> dict:
 
 
 ERROR_DESCRIPTIONS = {
-    400: "invalid_json, invalid_request, unknown_feature or unknown_version",
-    404: "entity_not_found (single /features) or not_found (route)",
+    400: "invalid_json, invalid_request (also a malformed X-Request-Id header), "
+    "unknown_feature or unknown_version",
+    404: "entity_not_found (single /features) or not_found (no such route)",
     405: "method_not_allowed",
     413: "body_too_large or batch_too_large",
     500: "internal",
@@ -62,6 +80,14 @@ def _errors(*statuses: int) -> dict:
 
 
 BROKER_ERRORS = (500, 503, 504)
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "required": False,
+    "description": "echoed in the response; made up when absent; the ingest request id of "
+    "POST /events",
+    "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
+}
 
 
 def _operation(
@@ -71,19 +97,14 @@ def _operation(
     body: dict | None = None,
     ok_description: str = "OK",
 ) -> dict:
+    if body is not None:
+        statuses = (*statuses, 413)  # any body over MAX_BODY_BYTES
     operation: dict[str, Any] = {
         "summary": summary,
-        "parameters": [
-            {
-                "name": "X-Request-Id",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
-            }
-        ],
+        "parameters": [REQUEST_ID_PARAMETER],
         "responses": {
             "200": {"description": ok_description, "content": _json(ok)},
-            **_errors(*statuses),
+            **_errors(*sorted({400, *statuses})),  # 400: a malformed X-Request-Id
         },
     }
     if body is not None:
@@ -93,6 +114,17 @@ def _operation(
 
 def _schemas(settings: Settings) -> dict:
     versions = list(settings.versions)
+    version = {
+        "type": "string",
+        "enum": [*versions, None],
+        "nullable": True,
+        "description": f"absent or null = FEATURE_VERSION ({settings.feature_version})",
+    }
+    as_of = {
+        **TIMESTAMP,
+        "nullable": True,
+        "description": "absent or null = now (online, cached); a time = as of then, not cached",
+    }
     batch_item = _obj(
         {
             "entity_id": STRING,
@@ -106,7 +138,7 @@ def _schemas(settings: Settings) -> dict:
     row_item = _obj(
         {
             "entity_id": STRING,
-            "timestamp": TIMESTAMP,
+            "timestamp": {**EPOCH_MS, "description": "the row's T, epoch milliseconds"},
             "features": {**FEATURE_MAP, "nullable": True},
             "status": {"type": "string", "enum": ["ok", "not_found"]},
         },
@@ -117,8 +149,8 @@ def _schemas(settings: Settings) -> dict:
             "entity_id": ENTITY_ID,
             "timestamp": TIMESTAMP,
             "value": NUMBER,
-            "category": {"type": "string", "minLength": 1, "nullable": True},
-            "event_id": {"type": "string", "minLength": 1, "nullable": True},
+            "category": {**ENTITY_ID, "nullable": True},
+            "event_id": {**ENTITY_ID, "nullable": True},
         },
         ["entity_id", "timestamp", "value"],
         extra=False,
@@ -142,15 +174,31 @@ def _schemas(settings: Settings) -> dict:
     )
     return {
         "Error": _obj(
-            {"error": {"type": "string", "enum": [c.value for c in Code]}, "message": STRING},
+            {
+                "error": {"type": "string", "enum": [c.value for c in Code]},
+                "message": STRING,
+                "unknown": {"type": "array", "items": STRING},
+                "valid": {"type": "array", "items": STRING},
+                "errors": {
+                    "type": "array",
+                    "maxItems": MAX_REPORTED_ERRORS,
+                    "items": _obj(
+                        {"index": INTEGER, "field": STRING, "reason": STRING},
+                        ["index", "field", "reason"],
+                    ),
+                },
+                "entity_id": STRING,
+                "limit": INTEGER,
+                "retry_after_s": INTEGER,
+            },
             ["error", "message"],
         ),
         "FeatureQuery": _obj(
             {
                 "entity_id": ENTITY_ID,
                 "features": FEATURE_NAMES,
-                "version": {"type": "string", "enum": versions},
-                "as_of": TIMESTAMP,
+                "version": version,
+                "as_of": as_of,
             },
             ["entity_id"],
             extra=False,
@@ -175,8 +223,8 @@ def _schemas(settings: Settings) -> dict:
                     "maxItems": settings.batch_max_entities,
                 },
                 "features": FEATURE_NAMES,
-                "version": {"type": "string", "enum": versions},
-                "as_of": TIMESTAMP,
+                "version": version,
+                "as_of": as_of,
             },
             ["entity_ids"],
             extra=False,
@@ -204,7 +252,7 @@ def _schemas(settings: Settings) -> dict:
                     ),
                 },
                 "features": FEATURE_NAMES,
-                "version": {"type": "string", "enum": versions},
+                "version": version,
             },
             ["rows"],
             extra=False,
@@ -380,14 +428,10 @@ def openapi_document(settings: Settings) -> dict:
                         "name": "entity_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "minLength": 1},
+                        "description": "percent-encoded; may contain '/'",
+                        "schema": ENTITY_ID,
                     },
-                    {
-                        "name": "X-Request-Id",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
-                    },
+                    REQUEST_ID_PARAMETER,
                 ],
             }
         },
@@ -413,6 +457,7 @@ def openapi_document(settings: Settings) -> dict:
                 **_operation("Liveness of every process", _ref("Health"), ()),
                 "responses": {
                     "200": {"description": "ok or degraded", "content": _json(_ref("Health"))},
+                    **_errors(400),
                     "503": {
                         "description": "down: no compute worker",
                         "content": _json(_ref("Health")),
@@ -424,21 +469,18 @@ def openapi_document(settings: Settings) -> dict:
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "parameters": [REQUEST_ID_PARAMETER],
                 "responses": {
                     "200": {
-                        "description": "text exposition format",
+                        "description": "text exposition format 0.0.4",
                         "content": {"text/plain": {"schema": STRING}},
-                    }
+                    },
+                    **_errors(400),
                 },
             }
         },
         "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "responses": {
-                    "200": {"description": "OpenAPI 3", "content": _json({"type": "object"})}
-                },
-            }
+            "get": _operation("This document", {"type": "object"}, (), ok_description="OpenAPI 3")
         },
     }
     return {

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.protocol import Op
-from featurestore.queries import entity_id_of, require_object
+from featurestore.queries import entity_id_of, invalid, require_object
 from gateway.http import json_body, json_response
 
 events = Blueprint("events")
@@ -28,6 +28,10 @@ async def post_events(request: Request) -> HTTPResponse:
 @events.delete("/entities/<entity_id:path>", name="entities_delete")
 async def delete_entity(request: Request, entity_id: str) -> HTTPResponse:
     gw = request.app.ctx.gw
-    entity = entity_id_of(unquote(entity_id))
+    try:  # strict: a percent-encoding that is not UTF-8 names no entity (not U+FFFD's)
+        decoded = unquote(entity_id, errors="strict")
+    except UnicodeDecodeError:
+        raise invalid("'entity_id' is not percent-encoded UTF-8") from None
+    entity = entity_id_of(decoded)
     reply = await gw.call(Op.DELETE, {"entity_id": entity}, request.ctx.rid)
     return json_response(reply.body)

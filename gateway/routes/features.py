@@ -86,8 +86,8 @@ async def get_historical(request: Request) -> HTTPResponse:
     body = json_body(request)
     plan = parse_historical(body, gw.settings)
     reply = await gw.call(Op.HISTORICAL, body, request.ctx.rid)
-    stamps = [row["timestamp"] for row in body["rows"]] if "rows" in body else body["timestamps"]
-    batch = FeatureBatch.from_reply(plan.entity_ids, reply.body, reply.blocks, stamps)
+    # each row's T as epoch ms (an ISO string or 1.7e12 given in, an integer out)
+    batch = FeatureBatch.from_reply(plan.entity_ids, reply.body, reply.blocks, plan.timestamps)
     return json_response(
         {"count": len(plan.entity_ids), "rows": batch.items(), "latency_ms": elapsed_ms(request)}
     )
