@@ -125,7 +125,14 @@ def _chunk(
 
 
 def write_demo(
-    store: EventStore, data_dir: Path, *, entities: int, seed: int, end_ms: int, progress=None
+    store: EventStore,
+    data_dir: Path,
+    *,
+    entities: int,
+    seed: int,
+    end_ms: int,
+    progress=None,
+    on_commit=None,
 ) -> DemoSummary:
     """Fill `store` with the demo data set and write `DATA_DIR/demo_entities.csv`."""
     per_entity: dict[str, int] = {}
@@ -133,6 +140,8 @@ def write_demo(
     for index, frame in enumerate(demo_chunks(entities, seed, end_ms)):
         result = store.ingest(frame_to_columns(frame), request_id=f"demo:{seed}:{end_ms}:{index}")
         accepted += result.stored_now
+        if on_commit is not None:
+            on_commit(result.entity_ids)
         total += len(frame)
         per_entity.update(frame["entity_id"].value_counts(sort=False).to_dict())
         if progress is not None:

@@ -43,6 +43,23 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 @contextmanager
+def running_cache(settings: Settings) -> Iterator[Callable[[list[str]], None]]:
+    """`invalidate(entity_ids)` on the cache of a running service of this DATA_DIR (a no-op
+    when none runs), so CLI writes are read by the service at once (read your writes)."""
+    from shm import FeatureCache
+    from shm.segment import exists
+
+    if not exists(settings.cache_name):
+        yield lambda _ids: None
+        return
+    cache = FeatureCache.attach(settings.cache_name)
+    try:
+        yield cache.invalidate_many
+    finally:
+        cache.close()
+
+
+@contextmanager
 def progress_bar(total: int | None, unit: str, label: str) -> Iterator[Callable[[int], None]]:
     """A tqdm bar on stderr (silent when stderr is not a terminal); yields `advance(n)`."""
     from tqdm import tqdm

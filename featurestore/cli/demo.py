@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featurestore.cli.common import CommandError, common_options, progress_bar
+from featurestore.cli.common import CommandError, common_options, progress_bar, running_cache
 from featurestore.config import Settings
 from featurestore.demo import ENTITY_LIST, MEAN_EVENTS, default_end_ms, write_demo
 from featurestore.store.sqlite import open_store
@@ -42,7 +42,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     data_dir = Path(settings.data_dir)
     store = open_store(data_dir)
     try:
-        with progress_bar(args.entities * MEAN_EVENTS, "events", "demo") as advance:
+        with (
+            running_cache(settings) as invalidate,
+            progress_bar(args.entities * MEAN_EVENTS, "events", "demo") as advance,
+        ):
             summary = write_demo(
                 store,
                 data_dir,
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 seed=args.seed,
                 end_ms=end_ms,
                 progress=advance,
+                on_commit=invalidate,
             )
     finally:
         store.close()

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import orjson
 
-from featurestore.cli.common import EXIT_NOT_FOUND, CommandError, common_options
+from featurestore.cli.common import EXIT_NOT_FOUND, CommandError, common_options, running_cache
 from featurestore.config import Settings
 from featurestore.features.engine import compute
 from featurestore.features.vectors import VectorView
@@ -88,5 +88,7 @@ def run_delete(args: argparse.Namespace, settings: Settings) -> int:
         deleted = store.delete(args.entity_id)
     finally:
         store.close()
+    with running_cache(settings) as invalidate:
+        invalidate([args.entity_id])
     print(orjson.dumps({"entity_id": args.entity_id, "deleted_events": deleted}).decode())
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from featurestore.cli.common import CommandError, common_options, progress_bar
+from featurestore.cli.common import CommandError, common_options, progress_bar, running_cache
 from featurestore.config import Settings
 from featurestore.files import FileError, count_rows
 from featurestore.ingest_file import ingest_file
@@ -27,8 +27,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings.data_dir)
     try:
         total = count_rows(args.file)
-        with progress_bar(total, "events", "ingest") as advance:
-            summary = ingest_file(store, args.file, settings.max_event_future_ms, progress=advance)
+        with (
+            running_cache(settings) as invalidate,
+            progress_bar(total, "events", "ingest") as advance,
+        ):
+            summary = ingest_file(
+                store,
+                args.file,
+                settings.max_event_future_ms,
+                progress=advance,
+                on_commit=invalidate,
+            )
     except FileError as exc:
         raise CommandError(f"{exc} (nothing was stored)") from None
     finally:

@@ -215,11 +215,6 @@ def test_reads_reflect_each_ingest_under_concurrent_gets(
     assert event_count(demo_dir, eid) == BUSY_EVENTS + INGESTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`featurestore ingest FILE` does not invalidate the running service's cache "
-    "(featurestore/cli/ingest.py passes no on_commit to ingest_file): SPEC §3 read your writes",
-)
 def test_a_cli_ingest_into_a_running_service_invalidates(
     stack: Stack, client: Client, demo_dir: Path, tmp_path: Path
 ) -> None:
