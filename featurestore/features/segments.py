@@ -160,17 +160,22 @@ class SegmentStats:
         """Sample standard deviation (ddof=1); exactly 0 iff all values are equal; NaN if n < 2."""
         centred = self.flat - np.repeat(self.mean, self.lengths)
         # Squares of tiny deviations underflow to 0 (e.g. [1e-200, 2e-200] would get std 0):
-        # scale each segment by a power of two near its largest deviation first (exact).
-        largest = segment_extreme(np.abs(centred), self.starts, self.lengths, np.maximum)
-        _, exponent = np.frexp(np.where(largest > 0, largest, 1.0))
-        scaled = np.ldexp(centred, -np.repeat(exponent, self.lengths))
+        # a segment whose spread is tiny (or huge) is scaled by a power of two first (exact;
+        # every other segment by 2**0, so a row never depends on its neighbours).
+        spread = self.max - self.min
+        rescale = (spread > 0) & ((spread < 2.0**-400) | (spread > 2.0**400))
+        exponent = np.where(rescale, np.frexp(spread)[1], 0)
+        if rescale.any():
+            centred = np.ldexp(centred, -np.repeat(exponent, self.lengths))
         # Corrected two-pass sum of squares: subtracting (sum of deviations)^2 / n removes the
         # error of the rounded mean, which matters when the spread is a few ulps of the mean.
-        deviation_sum = segment_sum(scaled, self.starts, self.lengths)
-        squares = segment_sum(scaled * scaled, self.starts, self.lengths)
+        deviation_sum = segment_sum(centred, self.starts, self.lengths)
+        squares = segment_sum(centred * centred, self.starts, self.lengths)
         with np.errstate(invalid="ignore", divide="ignore"):
             squares = np.maximum(squares - deviation_sum * deviation_sum / self.n, 0.0)
-            std = np.ldexp(np.sqrt(squares / (self.n - 1)), exponent)
+            std = np.sqrt(squares / (self.n - 1))
+        if rescale.any():
+            std = np.ldexp(std, exponent)
         std = np.where(self.constant, 0.0, std)
         return np.where(self.lengths >= 2, std, np.nan)
 
