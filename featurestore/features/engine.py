@@ -42,7 +42,9 @@ def compute(
     context = FeatureContext(batch, entity_index, as_of, category_names)
     values = np.empty((entity_index.size, len(features)), dtype=np.float64)
     if entity_index.size:
-        for column, feature in enumerate(features):
-            values[:, column] = feature.formula(context)
+        with np.errstate(all="ignore"):  # overflow and 0/0 become inf/NaN, turned into null
+            for column, feature in enumerate(features):
+                values[:, column] = feature.formula(context)
         values[~context.found] = np.nan
+        values[np.isinf(values)] = np.nan  # beyond float64 (inputs near 1.8e308): null
     return FeatureMatrix(version=version, values=values, found=context.found)

@@ -1,8 +1,8 @@
 """Vectorised statistics over many slices of one flat array ("segments").
 
 Every reduction here depends only on the elements of its own segment, in their own order:
-sums use `np.add.reduceat` (a sequential sum per segment, independent of neighbours and of
-alignment), sorts are exact. So a segment gives bit-identical results whether it is computed
+sums use `np.add.reduceat` (one fixed summation order per segment, independent of neighbours
+and of alignment), sorts are exact. So a segment gives bit-identical results whether it is computed
 alone, in a batch, or as one historical row among thousands.
 """
 
@@ -18,6 +18,15 @@ import numpy as np
 # (n * 2**-53 * sum|x|) could then exceed 1e-10 of the result, so the exact `math.fsum` is used.
 CANCELLATION_RATIO = 2.0**-20
 MIN_SORT_WIDTH = 8
+OVERFLOW_SCALE = 2.0**-64  # exact scaling for sums of values near the float64 maximum
+
+
+def exact_fsum(values: list[float]) -> float:
+    """math.fsum, or +-inf (not OverflowError) when the exact sum exceeds float64."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.fsum(v * OVERFLOW_SCALE for v in values) / OVERFLOW_SCALE
 
 
 def gather_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -139,15 +148,22 @@ class SegmentStats:
         doubtful = np.flatnonzero(
             (self.lengths > 0) & (np.abs(total) <= self.n * magnitude * CANCELLATION_RATIO)
         )
-        for i in doubtful:  # rare: only segments whose values nearly cancel
-            start = self.starts[i]
-            total[i] = math.fsum(self.flat[start : start + self.lengths[i]].tolist())
+        for i in doubtful:  # rare: only segments whose values nearly cancel (or overflow)
+            total[i] = exact_fsum(self._values(i))
         return total
+
+    def _values(self, i: int) -> list[float]:
+        start = self.starts[i]
+        return self.flat[start : start + self.lengths[i]].tolist()
 
     @cached_property
     def mean(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self.exact_sum / self.n
+        for i in np.flatnonzero(np.isinf(mean)):  # the sum overflows, the mean may not
+            mean[i] = exact_fsum([v * OVERFLOW_SCALE for v in self._values(i)]) / (
+                self.n[i] * OVERFLOW_SCALE
+            )
         mean = np.where(self.constant, self.min, mean)
         return np.where(self.lengths > 0, mean, np.nan)
 
