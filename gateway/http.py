@@ -52,6 +52,8 @@ def _refused_json(raw: bytes, exc: orjson.JSONDecodeError) -> ServiceError:
     holding a value no field accepts (SPEC section 3), so it is `invalid_request`, not
     `invalid_json`. The standard parser (slower, on this error path only) tells them apart."""
     not_json = ServiceError(Code.INVALID_JSON, f"the request body is not valid JSON: {exc}")
+    if not any(word in str(exc) for word in _ORJSON_ONLY):
+        return not_json  # plain garbage is not parsed twice
     try:
         value = json.loads(raw, parse_constant=_no_constant)
         found = _unrepresentable(value, [])
@@ -67,6 +69,9 @@ def _refused_json(raw: bytes, exc: orjson.JSONDecodeError) -> ServiceError:
         field = path[2] if isinstance(path[2], str) else "event"
         extra["errors"] = [{"index": path[1], "field": _printable(field), "reason": reason}]
     return ServiceError(Code.INVALID_REQUEST, f"'{where}' {reason}", **extra)
+
+
+_ORJSON_ONLY = ("surrogate", "infinity")  # in orjson's messages for what only it refuses
 
 
 def _no_constant(name: str) -> None:
