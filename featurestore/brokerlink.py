@@ -72,18 +72,24 @@ class BrokerLink:
         """How long a poll may wait before the next heartbeat is due."""
         return max(0, int((self.next_heartbeat - time.monotonic()) * 1000))
 
-    def receive(self) -> Job | None:
-        """Read one message from the broker; a job to run, or None (heartbeat, disconnect)."""
+    def receive_raw(self) -> list | None:
+        """Read one message from the broker: the frames of a JOB, or None (heartbeat,
+        disconnect: handled here)."""
         frames = self.socket.recv_multipart(copy=False)
         self.broker_expiry = time.monotonic() + self.liveness_s
         command = frames[0].bytes
         if command == W_JOB:
-            return decode_job([f.buffer for f in frames[1:]])
+            return frames
         if command == W_DISCONNECT:
             self.broker_expiry = 0.0  # register again on the next tick
         elif command != W_HEARTBEAT:
             log.warning("unknown command %r from the broker", command)
         return None
+
+    def receive(self) -> Job | None:
+        """Read one message from the broker; a decoded job to run, or None."""
+        frames = self.receive_raw()
+        return None if frames is None else decode_job([f.buffer for f in frames[1:]])
 
     def send_result(self, job_id: bytes, reply: Reply) -> None:
         frames = result_frames(job_id, reply)

@@ -43,12 +43,19 @@ class Figures:
 
 
 class Handlers:
-    def __init__(self, settings: Settings, store: EventStore, cache, publisher: VectorPublisher):
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        cache,
+        publisher: VectorPublisher,
+        figures: Figures | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.cache = cache
         self.publisher = publisher
-        self.figures = Figures()
+        self.figures = figures or Figures()
 
     def handle(self, op: Op, payload: dict, blocks: list, request_id: str) -> Reply:
         self.figures.jobs += 1

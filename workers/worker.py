@@ -1,10 +1,17 @@
-"""A compute worker: one connection to the broker's back end, one job at a time."""
+"""A compute worker: an I/O thread that talks to the broker and a compute thread.
+
+The main thread owns the broker connection (READY, heartbeats both ways, reconnects) and never
+computes, so a long job does not silence the heartbeats: the broker tells a busy worker from a
+dead one. Jobs and results cross to the compute thread over an inproc PAIR socket as raw
+frames. The compute thread owns everything a job touches (event store connection, cache
+instance, drift publisher), one job at a time.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
-import time
+import threading
 
 import zmq
 
@@ -12,13 +19,87 @@ from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.logs import rid
-from featurestore.protocol import SERVICE_FEATURES, Reply
+from featurestore.protocol import (
+    POLLIN,
+    SERVICE_FEATURES,
+    W_JOB,
+    Reply,
+    copy_small,
+    decode_job,
+    result_frames,
+)
 from featurestore.store.sqlite import open_store
 from shm import FeatureCache
-from workers.handlers import Handlers
+from workers.handlers import Figures, Handlers
 from workers.publisher import VectorPublisher
 
 log = logging.getLogger("worker")
+STOP = b"stop"
+
+
+class ComputeThread(threading.Thread):
+    """Runs jobs received on the PAIR socket; answers with RESULT frames on it."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        address: str,
+        settings: Settings,
+        worker_id: str,
+        figures: Figures,
+    ) -> None:
+        super().__init__(name=f"compute-{worker_id}", daemon=True)
+        self.context = context
+        self.address = address
+        self.settings = settings
+        self.worker_id = worker_id
+        self.figures = figures
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        pair = self.context.socket(zmq.PAIR)
+        pair.setsockopt(zmq.LINGER, 0)
+        pair.connect(self.address)
+        try:
+            store = open_store(self.settings.data_dir)
+            cache = FeatureCache.from_settings(self.settings)
+            publisher = VectorPublisher(
+                self.context,
+                self.settings.drift_features_endpoint,
+                self.worker_id,
+                self.settings.enable_drift_monitoring,
+            )
+        except BaseException as exc:
+            self.failure = exc
+            self.ready.set()
+            pair.close(linger=0)
+            raise
+        handlers = Handlers(self.settings, store, cache, publisher, self.figures)
+        self.ready.set()
+        try:
+            while True:
+                frames = pair.recv_multipart(copy=False)
+                if frames[0].bytes == STOP:
+                    break
+                reply_frames = self.run_job(handlers, [f.buffer for f in frames])
+                pair.send_multipart(reply_frames, copy=copy_small(reply_frames))
+        finally:
+            pair.close(linger=0)
+            publisher.close()
+            cache.close()
+            store.close()
+
+    def run_job(self, handlers: Handlers, frames: list) -> list:
+        job_id, op, payload, blocks = decode_job(frames)
+        request_id = payload.pop("request_id", "")
+        try:
+            reply = handlers.handle(op, payload, blocks, request_id)
+        except Exception as exc:  # a bug: answer `internal`, keep serving
+            log.exception("%s %s failed", rid(request_id), op.value)
+            self.figures.errors += 1
+            reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"worker error: {exc}"))
+        return result_frames(job_id, reply)
 
 
 class Worker:
@@ -26,18 +107,16 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id
         self.context = zmq.Context()
-        self.store = open_store(settings.data_dir)
-        self.cache = FeatureCache.from_settings(settings)
-        self.publisher = VectorPublisher(
-            self.context,
-            settings.drift_features_endpoint,
-            worker_id,
-            settings.enable_drift_monitoring,
-        )
-        self.handlers = Handlers(settings, self.store, self.cache, self.publisher)
+        self.figures = Figures()
         self.link = BrokerLink(
-            self.context, settings, SERVICE_FEATURES, worker_id, self.handlers.figures.as_dict
+            self.context, settings, SERVICE_FEATURES, worker_id, self.figures.as_dict
         )
+        address = f"inproc://compute-{worker_id}"
+        self.pair = self.context.socket(zmq.PAIR)
+        self.pair.setsockopt(zmq.LINGER, 0)
+        self.pair.bind(address)
+        self.compute = ComputeThread(self.context, address, settings, worker_id, self.figures)
+        self.busy = False
         self.stopping = False
 
     def request_stop(self, *_: object) -> None:
@@ -47,41 +126,47 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        self.compute.start()
+        self.compute.ready.wait()
+        if self.compute.failure is not None:
+            raise self.compute.failure
         poller = zmq.Poller()
-        poller.register(self.link.connect(), zmq.POLLIN)
+        poller.register(self.pair, POLLIN)
+        poller.register(self.link.connect(), POLLIN)
         log.info("worker %s ready (backend %s)", self.worker_id, self.settings.broker_backend)
-        while not self.stopping:
-            if poller.poll(self.link.timeout_ms()):
-                job = self.link.receive()
-                if job is not None:
-                    self.run_job(job)
+        while not (self.stopping and not self.busy):
+            events = dict(poller.poll(self.link.timeout_ms()))
+            if self.pair in events:
+                self.forward_result()
+            if self.link.socket in events:
+                self.take_message()
             socket = self.link.socket
             if self.link.tick():
                 poller.unregister(socket)
-                poller.register(self.link.socket, zmq.POLLIN)
+                poller.register(self.link.socket, POLLIN)
         self.close()
 
-    def run_job(self, job: tuple) -> None:
-        job_id, op, payload, blocks = job
-        request_id = payload.pop("request_id", "")
-        try:
-            reply = self.handlers.handle(op, payload, blocks, request_id)
-        except Exception as exc:  # a bug: answer `internal`, keep serving
-            log.exception("%s %s failed", rid(request_id), op.value)
-            self.handlers.figures.errors += 1
-            reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"worker error: {exc}"))
-        self.link.send_result(job_id, reply)
-        # The broker's heartbeats queued unread while the job ran: time spent computing is not
-        # broker silence. Without this, a job longer than the liveness window made the link
-        # reconnect at once, and closing the old socket (linger 0) dropped the result just sent.
-        self.link.broker_expiry = max(
-            self.link.broker_expiry, time.monotonic() + self.link.liveness_s
-        )
+    def take_message(self) -> None:
+        frames = self.link.receive_raw()
+        if frames is None:
+            return
+        if frames[0].bytes != W_JOB:
+            return
+        if self.busy or self.stopping:  # the broker sends one job at a time; never here
+            log.warning("job refused: %s", "stopping" if self.stopping else "busy")
+            return
+        self.busy = True
+        self.pair.send_multipart(frames[1:], copy=False)
+
+    def forward_result(self) -> None:
+        frames = self.pair.recv_multipart(copy=False)
+        self.busy = False
+        self.link.socket.send_multipart(frames, copy=False)
 
     def close(self) -> None:
         log.info("worker %s stopping", self.worker_id)
+        self.pair.send(STOP)
+        self.compute.join(timeout=10)
+        self.pair.close(linger=0)
         self.link.close()
-        self.publisher.close()
-        self.cache.close()
-        self.store.close()
         self.context.term()
