@@ -44,6 +44,7 @@ class BaselineRequests:
         action = body.get("action")
         if action not in ACTIONS:
             raise invalid(f"'action' must be one of {', '.join(ACTIONS)}", valid=list(ACTIONS))
+        _check_types(body)
         versions = self._versions(body.get("version"))
         if action == "reset":
             self.monitor.reset(versions)
@@ -145,6 +146,16 @@ class BaselineRequests:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def _check_types(body: dict) -> None:
+    """Every field of the body has its type, whatever the action uses."""
+    for name in ("version", "path"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise invalid(f"'{name}' must be a string")
+    ids = body.get("entity_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(e, str) for e in ids)):
+        raise invalid("'entity_ids' must be a list of strings")
 
 
 def _recorded_version(path: Path) -> str | None:

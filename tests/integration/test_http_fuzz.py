@@ -54,19 +54,12 @@ def api_schema(stack: Stack):
                 "negative_data_rejection": {"expected-statuses": ["400", "404", "405", "413"]},
                 "positive_data_acceptance": {"enabled": False},
             },
-            "operations": [
-                {  # the drift process skips the fields its action does not use (xfail below)
-                    "include-path": "/drift/baseline",
-                    "checks": {"negative_data_rejection": {"enabled": False}},
-                }
-            ],
         }
     )
     loaded = schemathesis.openapi.from_url(
         f"{stack.http_url}/openapi.json", config=config, timeout=HTTP_TIMEOUT_S
     )
     loaded.hook("map_case")(_towards_the_demo)
-    loaded.hook("filter_case")(_not_the_known_drift_bug)
     return loaded
 
 
@@ -102,15 +95,6 @@ def _towards_the_demo(context, case):
                 item["entity_id"] = _demo_id(item.get("entity_id"))
                 item["timestamp"] = _demo_time(item.get("timestamp"))
     return case
-
-
-def _not_the_known_drift_bug(context, case) -> bool:
-    """Leave out POST /drift/baseline with a `version` that is not a string: the drift process
-    answers it `unknown_version` echoing the non-string (see the xfail test below)."""
-    body = case.body
-    if context.operation is None or context.operation.path != "/drift/baseline":
-        return True
-    return not (isinstance(body, dict) and not isinstance(body.get("version"), str | None))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -168,23 +152,11 @@ def test_drift_report_and_baseline_with_monitoring_on(api: httpx.Client) -> None
     error_json(api.post("/drift/baseline", json={"action": "nope"}), 400, "invalid_request")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drift/baseline_requests.py answers a non-string version with unknown_version and "
-    "echoes it in `unknown` (names are strings); queries.view_of answers invalid_request. "
-    "Remove this mark and _not_the_known_drift_bug once fixed.",
-)
 def test_drift_baseline_with_a_non_string_version_is_invalid_request(api: httpx.Client) -> None:
     response = api.post("/drift/baseline", json={"action": "reset", "version": {}})
     error_json(response, 400, "invalid_request")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drift/baseline_requests.py checks only the fields its action uses: a reset with "
-    "`entity_ids: true` or `path: 5` is accepted. Remove this mark and the operations entry "
-    "of api_schema once fixed.",
-)
 @pytest.mark.parametrize("extra", [{"entity_ids": True}, {"path": 5}, {"entity_ids": ["a", 1]}])
 def test_drift_baseline_fields_of_the_wrong_type_are_invalid_requests(
     api: httpx.Client, extra: dict
