@@ -313,10 +313,18 @@ class AsyncClient(_Calls):
     ) -> Reply:
         await self.start()
         request_id = request_id or new_request_id()
+        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000
+        shared = self._waiting.get(request_id)
+        if shared is not None:  # the same request id is in flight: its answer is this one's
+            try:
+                return await asyncio.wait_for(asyncio.shield(shared), deadline - time.monotonic())
+            except TimeoutError:
+                raise ServiceError(
+                    Code.TIMEOUT, f"no answer from {self.endpoint} in time"
+                ) from None
         frames = Request(request_id, Op(op), payload, blocks or []).encode()
         future = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
-        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000
         try:
             while True:
                 await self.socket.send_multipart(frames, copy=copy_small(frames))
