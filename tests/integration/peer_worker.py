@@ -1,12 +1,12 @@
 """Fault-injecting compute workers for the integration tests, run as real processes.
 
     python peer_worker.py poison --id P            # registers, dies on the first job it gets
-    python peer_worker.py commit-then-die --id P   # a real worker that dies before answering
+    python peer_worker.py commit-then-die --id P   # runs its first job for real, dies unanswered
 
 Both speak the real back-end protocol (featurestore.protocol) to BROKER_BACKEND of the
-environment. `poison` is the worker that a poison request kills: READY, heartbeats both ways,
-`os._exit` when a W_JOB arrives. `commit-then-die` is the real `workers.Worker` whose job runs
-to the end (an ingest is committed and its entities invalidated) and which then exits before
+environment: READY, heartbeats both ways. `poison` is the worker that a poison request kills:
+`os._exit` when a W_JOB arrives. `commit-then-die` runs the job with the real worker handlers
+(workers.handlers: an ingest is committed and its entities invalidated) and then exits before
 its RESULT is sent, as if SIGKILLed at the worst moment, so the broker re-dispatches a job
 that already took effect.
 """
@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -25,15 +26,19 @@ from featurestore.protocol import (
     SERVICE_FEATURES,
     W_HEARTBEAT,
     W_JOB,
+    decode_job,
     heartbeat_frames,
     ready_frames,
 )
+from featurestore.store.sqlite import open_store
 
 EXIT_POISONED = 86
 EXIT_AFTER_COMMIT = 87
 
 
-def run_poison(settings: Settings, peer_id: str) -> int:
+def serve_one_job(settings: Settings, peer_id: str, on_job: Callable[[list], None]) -> None:
+    """Register as a compute worker, answer heartbeats, hand the first job to `on_job`
+    (which ends the process)."""
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
@@ -48,7 +53,7 @@ def run_poison(settings: Settings, peer_id: str) -> int:
         if socket.poll(wait_ms, zmq.POLLIN):
             frames = socket.recv_multipart()
             if frames[0] == W_JOB:
-                os._exit(EXIT_POISONED)  # the request killed this worker
+                on_job(frames[1:])
             if frames[0] == W_HEARTBEAT:
                 socket.send_multipart(heartbeat_frames(figures))
         if time.monotonic() >= next_heartbeat:
@@ -56,21 +61,33 @@ def run_poison(settings: Settings, peer_id: str) -> int:
             next_heartbeat = time.monotonic() + interval_s
 
 
-def run_commit_then_die(settings: Settings, peer_id: str) -> int:
-    from workers.worker import Worker
+def run_poison(settings: Settings, peer_id: str) -> None:
+    def die(_frames: list) -> None:
+        os._exit(EXIT_POISONED)  # the request killed this worker
 
-    worker = Worker(settings, peer_id)
+    serve_one_job(settings, peer_id, die)
 
-    def run_job_then_die(job: tuple) -> None:
-        _job_id, op, payload, blocks = job
+
+def run_commit_then_die(settings: Settings, peer_id: str) -> None:
+    from shm import FeatureCache
+    from workers.handlers import Handlers
+    from workers.publisher import VectorPublisher
+
+    handlers = Handlers(
+        settings,
+        open_store(settings.data_dir),
+        FeatureCache.from_settings(settings),
+        VectorPublisher(zmq.Context(), settings.drift_features_endpoint, peer_id, False),
+    )
+
+    def run_then_die(frames: list) -> None:
+        _job_id, op, payload, blocks = decode_job(frames)
         request_id = payload.pop("request_id", "")
-        reply = worker.handlers.handle(op, payload, blocks, request_id)
+        reply = handlers.handle(op, payload, blocks, request_id)
         print(f"job {op.value} {request_id} done (ok={reply.ok}); dying unanswered", flush=True)
         os._exit(EXIT_AFTER_COMMIT)
 
-    worker.run_job = run_job_then_die
-    worker.run()
-    return 0
+    serve_one_job(settings, peer_id, run_then_die)
 
 
 def main() -> int:
@@ -80,8 +97,10 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings.from_env()
     if args.mode == "poison":
-        return run_poison(settings, args.id)
-    return run_commit_then_die(settings, args.id)
+        run_poison(settings, args.id)
+    else:
+        run_commit_then_die(settings, args.id)
+    return 0
 
 
 if __name__ == "__main__":
