@@ -152,6 +152,12 @@ class Hammer(threading.Thread):
         self.failures: list[str] = []
 
     def run(self) -> None:
+        try:
+            self.hammer()
+        except Exception as exc:  # reported by the test, not lost with the thread
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def hammer(self) -> None:
         with Client(self.endpoint, timeout_ms=10_000) as fs:
             while not self.stop.is_set():
                 floor = self.acked
