@@ -179,7 +179,7 @@ class DriftMonitor:
 
     def count_sequence(self, worker_id: str, seq: int) -> None:
         """Count the messages a worker sent that never arrived (gaps in its sequence)."""
-        last = self.last_seq.get(worker_id)
+        last = self.last_seq.get(worker_id)  # unknown: this drift process just started
         if last is not None and seq > last + 1:
             self.dropped += seq - last - 1
         self.last_seq[worker_id] = seq  # a restarted worker starts again at 1

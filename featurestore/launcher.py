@@ -148,10 +148,10 @@ class Stack:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Stack:
         python = sys.executable
         self.add("broker", [python, "-m", "broker"])
+        if self.drift:  # before the workers, whose publishers connect to it (supervisord too)
+            self.add("drift", [python, "-m", "drift"])
         for index in range(self.workers):
             self.add(f"worker-{index}", [python, "-m", "workers", "--id", str(index)])
-        if self.drift:
-            self.add("drift", [python, "-m", "drift"])
         if self.gateway:
             self.add("gateway", [python, "-m", "gateway"])
         self._watcher = threading.Thread(target=self._watch, name="stack-watch", daemon=True)

@@ -17,6 +17,7 @@ from featurestore.protocol import pack, put_array
 
 TOPIC_VECTORS = b"vectors"
 PUBLISH_HWM = 1000
+CONNECT_WAIT_S = 2.0  # at start, how long a worker waits for the drift process to accept it
 
 
 class VectorPublisher:
@@ -30,6 +31,18 @@ class VectorPublisher:
             self.socket.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
             for address in endpoint.split(","):
                 self.socket.connect(address.strip())
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the drift process accepted this socket, so the first vectors
+        are not dropped while the connection is still being made. False if it did not."""
+        if self.socket is None:
+            return True
+        monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED)
+        try:
+            return bool(monitor.poll(int(timeout_s * 1000)))
+        finally:
+            self.socket.disable_monitor()
+            monitor.close(linger=0)
 
     def publish(self, version: str, values: np.ndarray) -> None:
         """Send one batch of full vectors (rows of `values`); never blocks."""

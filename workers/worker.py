@@ -31,7 +31,7 @@ from featurestore.protocol import (
 from featurestore.store.sqlite import open_store
 from shm import FeatureCache
 from workers.handlers import Figures, Handlers
-from workers.publisher import VectorPublisher
+from workers.publisher import CONNECT_WAIT_S, VectorPublisher
 
 log = logging.getLogger("worker")
 STOP = b"stop"
@@ -76,6 +76,11 @@ class ComputeThread(threading.Thread):
             pair.close(linger=0)
             raise
         handlers = Handlers(self.settings, store, cache, publisher, self.figures)
+        if not publisher.wait_connected(CONNECT_WAIT_S):
+            log.warning(
+                "drift process not reachable at %s yet: vectors are published as soon as it is",
+                self.settings.drift_features_endpoint,
+            )
         self.ready.set()
         try:
             while True:

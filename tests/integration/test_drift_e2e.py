@@ -498,7 +498,7 @@ BAD_REQUESTS = {
     "entity ids not strings": (
         {"action": "entity_ids", "entity_ids": [1, 2]},
         Code.INVALID_REQUEST,
-        "'entity_ids' must be strings",
+        "'entity_ids' must be a list of strings",
     ),
     "no path": ({"action": "file"}, Code.INVALID_REQUEST, "'path' is required for action file"),
     "missing file": (
