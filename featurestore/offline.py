@@ -29,7 +29,7 @@ from featurestore.store.base import EventStore
 
 STATUS_OK = "ok"
 STATUS_NOT_FOUND = "not_found"
-GENERATE_CHUNK_ROWS = 50_000
+GENERATE_CHUNK_ROWS = 100_000
 VERSION_METADATA_KEY = "featurestore.version"  # Parquet schema metadata of generated files
 
 

@@ -27,13 +27,30 @@ class Window:
     """The events of each query inside one time range, gathered into flat arrays."""
 
     def __init__(self, batch: EventBatch, first: np.ndarray, end: np.ndarray) -> None:
+        self.batch = batch
         self.lengths = end - first
-        index = gather_index(first, self.lengths)
+        self.first = first
         self.starts = np.cumsum(self.lengths) - self.lengths
-        self.ts = batch.ts[index]
-        self.value = batch.value[index]
-        self.category = batch.category[index]
-        self.stats = SegmentStats(self.value, self.starts, self.lengths)
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        return gather_index(self.first, self.lengths)
+
+    @cached_property
+    def ts(self) -> np.ndarray:
+        return self.batch.ts[self.index]
+
+    @cached_property
+    def value(self) -> np.ndarray:
+        return self.batch.value[self.index]
+
+    @cached_property
+    def category(self) -> np.ndarray:
+        return self.batch.category[self.index]
+
+    @cached_property
+    def stats(self) -> SegmentStats:
+        return SegmentStats(self.value, self.starts, self.lengths)
 
     @cached_property
     def trend(self) -> np.ndarray:
@@ -64,16 +81,16 @@ class FeatureContext:
         entity_index: np.ndarray,
         as_of_ms: np.ndarray,
         category_names: list[str],
+        search: SearchIndex | None = None,
     ) -> None:
         self.batch = batch
         self.entity_index = np.asarray(entity_index, dtype=np.int64)
         self.as_of_ms = np.asarray(as_of_ms, dtype=np.int64)
         self.category_names = category_names
         self.begin = batch.offsets[self.entity_index]
-        self.end, self.first_in_week, self.first_in_month = locate(
-            batch,
-            self.entity_index,
-            [self.as_of_ms, self.as_of_ms - WEEK_MS, self.as_of_ms - MONTH_MS],
+        search = search or SearchIndex(batch)
+        self.end, self.first_in_week, self.first_in_month = search.locate(
+            self.entity_index, [self.as_of_ms, self.as_of_ms - WEEK_MS, self.as_of_ms - MONTH_MS]
         )
         self.found = self.end > self.begin
         last = np.where(self.found, self.end - 1, 0)
@@ -115,22 +132,24 @@ class FeatureContext:
 
     @cached_property
     def entity_hash(self) -> np.ndarray:
-        per_entity = id_hashes(self.batch.entity_ids)
-        return per_entity[self.entity_index]
+        ids = self.batch.entity_ids
+        entities, position = np.unique(self.entity_index, return_inverse=True)
+        return id_hashes([ids[e] for e in entities.tolist()])[position]
 
     @cached_property
     def interaction_hash(self) -> np.ndarray:
         out = np.full(self.entity_index.size, np.nan)
         rows = np.flatnonzero(self.has_category)
         if rows.size:
-            ids = self.batch.entity_ids
+            ids, names = self.batch.entity_ids, self.category_names
+            pair = self.entity_index[rows] * (len(names) + 1) + self.c_last[rows]
+            pairs, position = np.unique(pair, return_inverse=True)
+            entity, category = np.divmod(pairs, len(names) + 1)
             keys = [
-                f"{ids[e]}|{self.category_names[c]}"
-                for e, c in zip(
-                    self.entity_index[rows].tolist(), self.c_last[rows].tolist(), strict=True
-                )
+                f"{ids[e]}|{names[c]}"
+                for e, c in zip(entity.tolist(), category.tolist(), strict=True)
             ]
-            out[rows] = id_hashes(keys)
+            out[rows] = id_hashes(keys)[position]
         return out
 
     def category_frequency(self) -> np.ndarray:
@@ -141,33 +160,36 @@ class FeatureContext:
             return np.where(self.has_category, count / window.stats.n, np.nan)
 
 
-def locate(
-    batch: EventBatch, entity_index: np.ndarray, bounds: list[np.ndarray]
-) -> list[np.ndarray]:
-    """For each bound array B, the global row index just past entity e's events with ts <= B.
+class SearchIndex:
+    """One monotone int64 key per event (entity * span + shifted ts) over a whole batch, built
+    once, so "the events of entity e with ts <= B" is one `searchsorted` for any number of
+    queries. Falls back to ranks of the distinct timestamps when the key would overflow."""
 
-    Searches one monotone key (entity * span + shifted ts) over all entities at once; falls
-    back to ranks of the distinct timestamps when that key would overflow int64.
-    """
-    ts = batch.ts
-    if ts.size == 0:
-        return [batch.offsets[entity_index].copy() for _ in bounds]
-    lengths = batch.lengths
-    owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
-    low, high = int(ts.min()) - 1, int(ts.max())
-    span = high - low + 1
-    if span * max(lengths.size, 1) < 2**62:
-        keys = owner * span + (ts - low)
-        return [
-            np.searchsorted(keys, entity_index * span + (np.clip(b, low, high) - low), side="right")
-            for b in bounds
-        ]
-    distinct = np.unique(ts)
-    span = distinct.size + 1
-    keys = owner * span + np.searchsorted(distinct, ts) + 1
-    return [
-        np.searchsorted(
-            keys, entity_index * span + np.searchsorted(distinct, b, side="right"), side="right"
-        )
-        for b in bounds
-    ]
+    def __init__(self, batch: EventBatch) -> None:
+        self.batch = batch
+        ts = batch.ts
+        if ts.size == 0:
+            return
+        lengths = batch.lengths
+        owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+        self.low, self.high = int(ts.min()) - 1, int(ts.max())
+        span = self.high - self.low + 1
+        self.distinct = None
+        if span * max(lengths.size, 1) >= 2**62:
+            self.distinct = np.unique(ts)
+            span = self.distinct.size + 1
+            self.keys = owner * span + np.searchsorted(self.distinct, ts) + 1
+        else:
+            self.keys = owner * span + (ts - self.low)
+        self.span = span
+
+    def locate(self, entity_index: np.ndarray, bounds: list[np.ndarray]) -> list[np.ndarray]:
+        """For each bound array B: the row just past entity e's events with ts <= B[i]."""
+        if self.batch.ts.size == 0:
+            return [self.batch.offsets[entity_index].copy() for _ in bounds]
+        base = entity_index * self.span
+        if self.distinct is None:
+            shifted = [np.clip(b, self.low, self.high) - self.low for b in bounds]
+        else:
+            shifted = [np.searchsorted(self.distinct, b, side="right") for b in bounds]
+        return [np.searchsorted(self.keys, base + s, side="right") for s in shifted]

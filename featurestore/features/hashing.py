@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from hashlib import blake2b
 
 import numpy as np
 
 HASH_BUCKETS = 2**20
+HASH_CACHE_SIZE = 65_536  # recent ids and (id|category) pairs: repeated across calls
 
 
+@lru_cache(maxsize=HASH_CACHE_SIZE)
 def id_hash(text: str) -> int:
     """The hash of one identifier string."""
     digest = blake2b(text.encode("utf-8"), digest_size=8).digest()
@@ -21,6 +24,4 @@ def id_hashes(texts: Sequence[str]) -> np.ndarray:
 
     Strings cannot be hashed inside NumPy; this is one C call per distinct string.
     """
-    unique = dict.fromkeys(texts)
-    table = {text: id_hash(text) for text in unique}
-    return np.fromiter((table[t] for t in texts), dtype=np.float64, count=len(texts))
+    return np.fromiter((id_hash(t) for t in texts), dtype=np.float64, count=len(texts))
