@@ -140,9 +140,16 @@ def _bad(source: Path, offset: int, row: int, column: str, reason: str) -> FileE
 
 
 def check_identifiers(
-    source: Path, frame: pd.DataFrame, column: str, offset: int, *, required: bool
-) -> np.ndarray:
-    """The column as an object array of str/None, after the identifier rules of SPEC §3."""
+    source: Path,
+    frame: pd.DataFrame,
+    column: str,
+    offset: int,
+    *,
+    required: bool,
+    materialize: bool = True,
+) -> np.ndarray | None:
+    """The column as an object array of str/None, after the identifier rules of SPEC §3
+    (`materialize=False`: check only, return None)."""
     series = frame[column]
     if not (pd.api.types.is_string_dtype(series) or series.isna().all()):
         row = 0
@@ -150,7 +157,7 @@ def check_identifiers(
             text = series.map(lambda v: isinstance(v, str)) | series.isna()
             row = int(np.flatnonzero(~text.to_numpy(dtype=bool))[0])
         raise _bad(source, offset, row, column, "must be text")
-    array = pa.array(series.astype(object), type=pa.string(), from_pandas=True)
+    array = _arrow_strings(series)
     nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
     if required and nulls.any():
         raise _bad(source, offset, int(np.flatnonzero(nulls)[0]), column, "is required")
@@ -174,11 +181,17 @@ def check_identifiers(
             column,
             "contains a control character (U+0000-U+001F)",
         )
-    out = series.astype(object).to_numpy(dtype=object)
-    if nulls.any():
-        out = out.copy()
-        out[nulls] = None
-    return out
+    if not materialize:
+        return None
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)  # None for nulls
+
+
+def _arrow_strings(series: pd.Series) -> pa.Array:
+    """The column as one Arrow string array (no copy when pandas already holds Arrow)."""
+    backing = getattr(series.array, "_pa_array", None)
+    if backing is not None and pa.types.is_string(backing.type):
+        return backing.combine_chunks() if isinstance(backing, pa.ChunkedArray) else backing
+    return pa.array(series.astype(object), type=pa.string(), from_pandas=True)
 
 
 def check_timestamps(
@@ -228,23 +241,34 @@ def check_values(source: Path, frame: pd.DataFrame, offset: int) -> np.ndarray:
 
 
 def validate_event_frame(
-    source: Path, frame: pd.DataFrame, offset: int, latest_ms: int
-) -> pd.DataFrame:
-    """One chunk of an event file, checked and normalised (strings as str/None objects)."""
-    out = pd.DataFrame(
-        {
-            "entity_id": check_identifiers(source, frame, "entity_id", offset, required=True),
-            "timestamp": check_timestamps(source, frame, offset, latest_ms),
-            "value": check_values(source, frame, offset),
-        }
+    source: Path, frame: pd.DataFrame, offset: int, latest_ms: int, *, materialize: bool = True
+) -> EventColumns | None:
+    """One chunk of an event file, checked and turned into store columns (strings as
+    str/None objects); `materialize=False` only checks it."""
+    entity_ids = check_identifiers(
+        source, frame, "entity_id", offset, required=True, materialize=materialize
     )
-    for column in EVENT_OPTIONAL:
-        out[column] = (
-            check_identifiers(source, frame, column, offset, required=False)
+    ts = check_timestamps(source, frame, offset, latest_ms)
+    values = check_values(source, frame, offset)
+    optional = {
+        column: (
+            check_identifiers(
+                source, frame, column, offset, required=False, materialize=materialize
+            )
             if column in frame
             else np.full(len(frame), None, dtype=object)
         )
-    return out
+        for column in EVENT_OPTIONAL
+    }
+    if not materialize:
+        return None
+    return EventColumns(
+        entity_id=entity_ids,
+        ts=ts,
+        value=values,
+        category=optional["category"],
+        event_id=optional["event_id"],
+    )
 
 
 def normalise_row_timestamps(column: pd.Series) -> pd.Series:

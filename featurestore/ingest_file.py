@@ -17,7 +17,6 @@ from featurestore.files import (
     EVENT_OPTIONAL,
     EVENT_REQUIRED,
     FileError,
-    frame_to_columns,
     read_chunks,
     validate_event_frame,
 )
@@ -25,6 +24,7 @@ from featurestore.store.base import EventStore
 from featurestore.timestamps import now_ms
 
 HASH_BLOCK_BYTES = 1 << 20
+WRITE_CHUNK_ROWS = 250_000  # rows per transaction: fewer, larger segments to compact
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def validate_file(path: Path, max_future_ms: int) -> int:
     latest = now_ms() + max_future_ms
     rows = 0
     for chunk in read_chunks(path, EVENT_REQUIRED, EVENT_OPTIONAL):
-        validate_event_frame(path, chunk, rows, latest)
+        validate_event_frame(path, chunk, rows, latest, materialize=False)
         rows += len(chunk)
     if rows == 0:
         raise FileError(f"{path}: the file has a header but no rows")
@@ -70,11 +70,11 @@ def ingest_file(
     latest = now_ms() + max_future_ms
     rows = accepted = duplicates = 0
     touched: set[str] = set()
-    for index, chunk in enumerate(read_chunks(source, EVENT_REQUIRED, EVENT_OPTIONAL)):
-        frame = validate_event_frame(source, chunk, rows, latest)
-        result = store.ingest(
-            frame_to_columns(frame), request_id=f"file:{digest}:{index}", compact=False
-        )
+    for index, chunk in enumerate(
+        read_chunks(source, EVENT_REQUIRED, EVENT_OPTIONAL, chunk_rows=WRITE_CHUNK_ROWS)
+    ):
+        columns = validate_event_frame(source, chunk, rows, latest)
+        result = store.ingest(columns, request_id=f"file:{digest}:{index}", compact=False)
         if on_commit is not None:
             on_commit(result.entity_ids)
         touched.update(result.entity_ids)

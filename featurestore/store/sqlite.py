@@ -427,15 +427,13 @@ class SqliteEventStore:
 
 
 def _ids_per_entity(event_ids: np.ndarray, codes: np.ndarray, n_entities: int) -> list[str]:
-    """Each entity's event ids joined by ID_SEPARATOR ("" where it has none)."""
+    """Each entity's event ids joined by ID_SEPARATOR ("" where it has none); `codes` sorted."""
     present = pd.notna(event_ids)
-    out = [""] * n_entities
-    if present.any():
-        ids = pd.Series(event_ids[present], dtype=object)
-        joined = ids.groupby(codes[present], sort=False).agg(ID_SEPARATOR.join)
-        for code, text in zip(joined.index.tolist(), joined.tolist(), strict=True):
-            out[code] = text
-    return out
+    if not present.any():
+        return [""] * n_entities
+    ids = event_ids[present].tolist()
+    bounds = np.searchsorted(codes[present], np.arange(n_entities + 1)).tolist()
+    return [ID_SEPARATOR.join(ids[bounds[i] : bounds[i + 1]]) for i in range(n_entities)]
 
 
 def _merge_segments(blobs: list[bytes]) -> np.ndarray:
