@@ -60,6 +60,7 @@ from shm import FeatureCache
 log = logging.getLogger("broker")
 HARD_SIZE_FACTOR = 4  # ZeroMQ itself drops a peer sending frames over 4x ZMQ_MAXMSGSIZE
 RETRY_AFTER_S = 1
+MIN_SPLIT_CHUNK = 250
 
 
 class Broker:
@@ -266,7 +267,7 @@ class Broker:
                     "online": query.as_of_ms is None,
                 },
             )
-            for ids in pending.chunks(self.settings.batch_size)
+            for ids in pending.chunks(self.chunk_size(len(pending.missing)))
         ]
         if not jobs:
             self.reply(client, pending.finish())
@@ -277,7 +278,7 @@ class Broker:
         plan = parse_historical(request.payload, self.settings)
         pending = HistoricalPending(client, request.request_id, deadline, plan, self.cache.width)
         jobs = []
-        for ids, stamps in pending.chunks(self.settings.batch_size):
+        for ids, stamps in pending.chunks(self.chunk_size(len(plan.entity_ids))):
             blocks: list = []
             ref = put_array(blocks, stamps)
             jobs.append(
@@ -289,6 +290,13 @@ class Broker:
                 )
             )
         self.enqueue(pending, jobs)
+
+    def chunk_size(self, count: int) -> int:
+        """Entities or rows per job: at most BATCH_SIZE, and small enough that the idle
+        workers share one request (never below MIN_SPLIT_CHUNK, where splitting costs more
+        than it saves)."""
+        idle = max(1, self.registry.idle_count(SERVICE_FEATURES))
+        return min(self.settings.batch_size, max(MIN_SPLIT_CHUNK, -(-count // idle)))
 
     def enqueue(self, pending: Pending, jobs: list[Job]) -> None:
         if len(self.queue) + len(jobs) > self.settings.broker_queue_max:

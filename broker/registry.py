@@ -57,6 +57,9 @@ class Registry:
             state.expiry = time.monotonic() + self.liveness_s
         return state
 
+    def idle_count(self, service: str) -> int:
+        return sum(1 for s in self.workers.values() if s.service == service and s.job is None)
+
     def next_idle(self, service: str) -> WorkerState | None:
         """The least recently used idle worker of `service` (removed from the idle queue)."""
         queue = self.idle.get(service)

@@ -7,6 +7,7 @@ import sys
 
 from featurestore.config import EXIT_CONFIG, ConfigError, Settings
 from featurestore.logs import setup_logging
+from featurestore.runtime import keep_large_arrays_in_heap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featurestore-worker: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(f"worker-{args.id}", settings.log_level)
+    keep_large_arrays_in_heap()
     from workers.worker import Worker
 
     Worker(settings, str(args.id)).run()
