@@ -110,7 +110,7 @@ class Broker:
             if self.backend in events:
                 self._drain(self.backend, self.process_worker)
             if self.frontend in events:
-                self._drain(self.frontend, self.process_client)
+                self._drain(self.frontend, self.process_client, copy=True)
             self.dispatch()
             if time.monotonic() >= self.next_heartbeat:
                 self.send_heartbeats()
@@ -119,10 +119,10 @@ class Broker:
                 self.dispatch()
         self.close()
 
-    def _drain(self, socket: zmq.Socket, handler, limit: int = 256) -> None:
+    def _drain(self, socket: zmq.Socket, handler, limit: int = 256, copy: bool = False) -> None:
         """Handle up to `limit` waiting messages without blocking."""
         for _ in range(limit):
-            handler(socket.recv_multipart(copy=False))
+            handler(socket.recv_multipart(copy=copy))
             if not socket.getsockopt(EVENTS) & POLLIN:
                 return
 
@@ -143,9 +143,9 @@ class Broker:
         self.context.term()
 
     # ---------------------------------------------------------------------- clients
-    def process_client(self, frames: list) -> None:
-        client = frames[0].bytes
-        parts = [f.buffer for f in frames[1:]]
+    def process_client(self, frames: list[bytes]) -> None:
+        client = frames[0]
+        parts = frames[1:]
         size = sum(len(p) for p in parts)
         try:
             if size > self.settings.zmq_maxmsgsize:

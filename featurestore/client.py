@@ -181,7 +181,13 @@ class Client(_Calls):
     def request(
         self, op: Op, payload: dict, request_id: str | None = None, blocks: list | None = None
     ) -> Reply:
-        return self.collect([self.submit(op, payload, request_id, blocks)])[0]
+        request_id = self.submit(op, payload, request_id, blocks)
+        # Fast path: the answer usually comes before a resend is due.
+        if self.socket.poll(min(self.retry_ms, self.timeout_ms), POLLIN):
+            self._receive()
+            if request_id in self._replies:
+                return self._take(request_id)
+        return self.collect([request_id])[0]
 
     def _call(self, op: Op, payload: dict, request_id: str | None = None) -> Any:
         reply = self.request(op, payload, request_id)

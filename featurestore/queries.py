@@ -101,8 +101,8 @@ def view_of(body: dict[str, Any], settings: Settings) -> VectorView:
             valid=list(settings.versions),
         )
     names = body.get("features")
-    if names is None:
-        names = []
+    if names is None or (isinstance(names, list) and not names):  # absent/null/empty: all
+        return _view(version, ())
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise invalid("'features' must be a list of feature names")
     unknown = feature_set(version).unknown(names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -271,19 +272,21 @@ class FeatureSet:
 
     @property
     def names(self) -> list[str]:
-        return [f.name for f in self.features]
+        return list(self._positions)
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {f.name: i for i, f in enumerate(self.features)}
 
     def index_of(self, names: list[str]) -> np.ndarray:
-        position = {f.name: i for i, f in enumerate(self.features)}
-        return np.array([position[n] for n in names], dtype=np.int64)
+        return np.array([self._positions[n] for n in names], dtype=np.int64)
 
     @property
     def int_mask(self) -> np.ndarray:
         return np.array([f.type == INT for f in self.features])
 
     def unknown(self, names: list[str]) -> list[str]:
-        known = set(self.names)
-        return [n for n in names if n not in known]
+        return [n for n in names if n not in self._positions]
 
 
 REGISTRY: dict[str, FeatureSet] = {
