@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from sanic import HTTPResponse, Request, Sanic
 
+from featurestore.client import new_request_id
 from featurestore.config import Settings
 from featurestore.errors import ServiceError
 from featurestore.logs import rid
@@ -61,7 +61,7 @@ async def _on_request(request: Request) -> HTTPResponse | None:
     try:
         request.ctx.rid = request_id_of(request)
     except ServiceError as error:
-        request.ctx.rid = uuid.uuid4().hex  # the given one is unusable: make one up
+        request.ctx.rid = new_request_id()  # the given one is unusable: make one up
         return error_response(error)
     return None
 
@@ -72,7 +72,8 @@ async def _on_response(request: Request, response: HTTPResponse) -> None:
     gw = getattr(request.app.ctx, "gw", None)
     started = getattr(request.ctx, "started", None)
     if gw is not None and started is not None:
-        endpoint = request.route.name.rsplit(".", 1)[-1] if request.route else "other"
+        route = request.route
+        endpoint = route.name if route is not None else ""
         gw.metrics.observe(endpoint, response.status, (time.perf_counter() - started) * 1000)
 
 

@@ -6,13 +6,13 @@ import json
 import math
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
 from sanic import HTTPResponse, Request
 from sanic.exceptions import MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
 
+from featurestore.client import new_request_id
 from featurestore.errors import Code, ServiceError
 from featurestore.protocol import MAX_REQUEST_ID_BYTES
 
@@ -25,7 +25,7 @@ def request_id_of(request: Request) -> str:
     """The caller's X-Request-Id (printable ASCII, 1-128 bytes), or a new one."""
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is None:
-        return uuid.uuid4().hex
+        return new_request_id()
     if not _REQUEST_ID.match(given):
         raise ServiceError(
             Code.INVALID_REQUEST,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,7 @@ OWNER_WORDS = 2  # pid, process start ticks
 SLOT_WORDS = OWNER_WORDS + len(ENDPOINTS) * PER_ENDPOINT
 BOARD_BYTES = SLOTS * SLOT_WORDS * 8
 SHM_DIR = "/dev/shm"
-_BUCKET_EDGES = np.array(BUCKETS_MS[:-1])
+_BUCKET_EDGES = list(BUCKETS_MS[:-1])
 
 
 def board_path(cache_name: str) -> str:
@@ -96,9 +97,9 @@ class MetricsBoard:
             self.row = self._claim()
         finally:
             lock.release()
-        mine = self.board[self.row, OWNER_WORDS:].reshape(len(ENDPOINTS), PER_ENDPOINT)
-        self.mine = mine
-        self.index = {name: i for i, name in enumerate(ENDPOINTS)}
+        # This process's row as a flat memoryview: item updates without NumPy scalar costs.
+        self.mine = memoryview(self.board[self.row, OWNER_WORDS:]).cast("B").cast("q")
+        self.base: dict[str, int] = {}
 
     def _claim(self) -> int:
         pid = os.getpid()
@@ -117,15 +118,20 @@ class MetricsBoard:
         self.board[row, 0] = pid
         return row
 
-    def observe(self, endpoint: str, status: int, elapsed_ms: float) -> None:
-        """Count one request (only this process writes its row)."""
-        row = self.mine[self.index.get(endpoint, len(ENDPOINTS) - 1)]
-        bucket = int(np.searchsorted(_BUCKET_EDGES, elapsed_ms, side="left"))
-        row[bucket] += 1
-        base = len(BUCKETS_MS)
-        row[base] += int(elapsed_ms * 1000)
-        row[base + 1] += 1
-        row[base + 2 + min(max(status // 100 - 2, 0), len(STATUS_CLASSES) - 1)] += 1
+    def observe(self, route: str, status: int, elapsed_ms: float) -> None:
+        """Count one request of a route ("app.name" or just the name); only this process
+        writes its row."""
+        base = self.base.get(route)
+        if base is None:
+            name = route.rsplit(".", 1)[-1]
+            index = ENDPOINTS.index(name) if name in ENDPOINTS else len(ENDPOINTS) - 1
+            base = self.base[route] = index * PER_ENDPOINT
+        mine = self.mine
+        mine[base + bisect_left(_BUCKET_EDGES, elapsed_ms)] += 1
+        totals = base + len(BUCKETS_MS)
+        mine[totals] += int(elapsed_ms * 1000)
+        mine[totals + 1] += 1
+        mine[totals + 2 + min(max(status // 100 - 2, 0), len(STATUS_CLASSES) - 1)] += 1
 
     def live_pids(self) -> list[int]:
         """Pids of the gateway worker processes that own a slot and are alive."""
@@ -141,6 +147,7 @@ class MetricsBoard:
         return Totals(data[:, :base], data[:, base], data[:, base + 1], data[:, base + 2 :])
 
     def close(self) -> None:
+        self.mine.release()
         del self.mine, self.board
         self.mm.close()
         os.close(self.fd)
