@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-import time
-
 from sanic import HTTPResponse, Request, Sanic
 
-from featurestore.client import new_request_id
 from featurestore.config import Settings
-from featurestore.errors import ServiceError
-from featurestore.logs import rid
 from gateway.context import Gateway
-from gateway.http import (
-    REQUEST_ID_HEADER,
-    as_service_error,
-    error_headers,
-    error_response,
-    request_id_of,
-)
+from gateway.http import finish, render_error
 from gateway.routes.events import events
 from gateway.routes.features import features
 from gateway.routes.system import system
 
 APP_NAME = "featurestore"
 GRACEFUL_SHUTDOWN_S = 10.0
-log = logging.getLogger("gateway")
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
@@ -42,8 +29,6 @@ def create_app(settings: Settings | None = None) -> Sanic:
     app.blueprint([features, events, system])
     app.before_server_start(_open)
     app.after_server_stop(_close)
-    app.on_request(_on_request)
-    app.on_response(_on_response)
     app.error_handler.add(Exception, _on_error)
     return app
 
@@ -56,29 +41,6 @@ async def _close(app: Sanic) -> None:
     await app.ctx.gw.close()
 
 
-async def _on_request(request: Request) -> HTTPResponse | None:
-    request.ctx.started = time.perf_counter()
-    try:
-        request.ctx.rid = request_id_of(request)
-    except ServiceError as error:
-        request.ctx.rid = new_request_id()  # the given one is unusable: make one up
-        return error_response(error)
-    return None
-
-
-async def _on_response(request: Request, response: HTTPResponse) -> None:
-    request_id = getattr(request.ctx, "rid", None) or "-"
-    response.headers[REQUEST_ID_HEADER] = request_id
-    gw = getattr(request.app.ctx, "gw", None)
-    started = getattr(request.ctx, "started", None)
-    if gw is not None and started is not None:
-        route = request.route
-        endpoint = route.name if route is not None else ""
-        gw.metrics.observe(endpoint, response.status, (time.perf_counter() - started) * 1000)
-
-
 async def _on_error(request: Request, exc: Exception) -> HTTPResponse:
-    error = as_service_error(exc)
-    if error.http_status >= 500 and not isinstance(exc, ServiceError):
-        log.exception("%s unexpected error", rid(getattr(request.ctx, "rid", "-")), exc_info=exc)
-    return error_response(error, error_headers(exc))
+    """Errors raised before a route runs: unknown route, wrong method, body too large."""
+    return finish(request, render_error(request, exc))

@@ -15,12 +15,13 @@ from featurestore.protocol import Op
 from featurestore.queries import parse_batch, parse_get, parse_historical
 from featurestore.results import FeatureBatch
 from featurestore.timestamps import now_ms
-from gateway.http import JSON, elapsed_ms, json_body, json_response
+from gateway.http import JSON, elapsed_ms, instrumented, json_body, json_response
 
 features = Blueprint("features")
 
 
 @features.post("/features", name="features")
+@instrumented
 async def get_features(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     body = json_body(request)
@@ -54,6 +55,7 @@ def _batch_response(request: Request, batch: FeatureBatch, t_ms: int) -> HTTPRes
 
 
 @features.post("/features/batch", name="features_batch")
+@instrumented
 async def get_batch(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     body = json_body(request)
@@ -81,6 +83,7 @@ async def get_batch(request: Request) -> HTTPResponse:
 
 
 @features.post("/features/historical", name="features_historical")
+@instrumented
 async def get_historical(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     body = json_body(request)
@@ -94,6 +97,7 @@ async def get_historical(request: Request) -> HTTPResponse:
 
 
 @features.get("/features/stats", name="features_stats")
+@instrumented
 async def get_stats(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     reply = await gw.call(Op.STATS, {}, request.ctx.rid)
@@ -101,5 +105,6 @@ async def get_stats(request: Request) -> HTTPResponse:
 
 
 @features.get("/features/definitions", name="features_definitions")
+@instrumented
 async def get_definitions(request: Request) -> HTTPResponse:
     return HTTPResponse(request.app.ctx.gw.definitions_json, content_type=JSON)

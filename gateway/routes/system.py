@@ -9,7 +9,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.errors import ServiceError
 from featurestore.protocol import Op
-from gateway.http import JSON, json_body, json_response
+from gateway.http import JSON, instrumented, json_body, json_response
 from gateway.metrics import render
 
 system = Blueprint("system")
@@ -31,6 +31,7 @@ def gateway_memory(pids: list[int]) -> dict[str, int]:
 
 
 @system.get("/health", name="health")
+@instrumented
 async def health(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
@@ -51,11 +52,13 @@ async def health(request: Request) -> HTTPResponse:
 
 
 @system.post("/cache/clear", name="cache_clear")
+@instrumented
 async def clear_cache(request: Request) -> HTTPResponse:
     return json_response({"cleared": request.app.ctx.gw.cache.clear()})
 
 
 @system.get("/metrics", name="metrics")
+@instrumented
 async def metrics(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
@@ -68,17 +71,20 @@ async def metrics(request: Request) -> HTTPResponse:
 
 
 @system.get("/openapi.json", name="openapi")
+@instrumented
 async def openapi(request: Request) -> HTTPResponse:
     return HTTPResponse(request.app.ctx.gw.openapi_json, content_type=JSON)
 
 
 @system.get("/drift/report", name="drift_report")
+@instrumented
 async def drift_report(request: Request) -> HTTPResponse:
     reply = await request.app.ctx.gw.call(Op.DRIFT_REPORT, {}, request.ctx.rid)
     return json_response(reply.body)
 
 
 @system.post("/drift/baseline", name="drift_baseline")
+@instrumented
 async def drift_baseline(request: Request) -> HTTPResponse:
     reply = await request.app.ctx.gw.call(Op.DRIFT_BASELINE, json_body(request), request.ctx.rid)
     return json_response(reply.body)
