@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from featurestore.config import EXIT_CONFIG, ConfigError, Settings
-from featurestore.logs import setup_logging
+from featurestore.config import Settings
+from featurestore.roles import run_role
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"featurestore-broker: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging("broker", settings.log_level)
+def run(settings: Settings) -> None:
     from broker.broker import Broker
 
     Broker(settings).run()
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_role("featurestore-broker", "broker", run)
 
 
 if __name__ == "__main__":

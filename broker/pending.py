@@ -16,6 +16,7 @@ import numpy as np
 from featurestore.errors import Code, ServiceError
 from featurestore.protocol import Op, Reply, get_array, put_array
 from featurestore.queries import BatchPlan, GetPlan, HistoricalPlan
+from featurestore.results import single_body
 
 _job_ids = itertools.count(1)
 
@@ -104,17 +105,6 @@ class GetPending(Pending):
             )
         vector = get_array(blocks, body["values"])[0]
         return Reply(self.request_id, single_body(self.plan, vector, False, self.t_ms))
-
-
-def single_body(plan: GetPlan, vector: np.ndarray, cached: bool, t_ms: int) -> dict:
-    """The result of a single get (the HTTP body less latency_ms)."""
-    return {
-        "entity_id": plan.entity_id,
-        "features": plan.query.view.to_dict(vector),
-        "version": plan.query.version,
-        "cached": cached,
-        "timestamp": int(t_ms),
-    }
 
 
 class BatchPending(Pending):

@@ -9,16 +9,7 @@ import psutil
 from broker.registry import Registry
 from featurestore.config import Settings
 from featurestore.protocol import SERVICE_DRIFT, SERVICE_FEATURES, Op
-
-CACHE_FIELDS = (
-    "size",
-    "max_size",
-    "hit_rate",
-    "utilization",
-    "evictions",
-    "expirations",
-    "memory_bytes",
-)
+from featurestore.results import CACHE_STATS_FIELDS
 
 
 def rss_of(pid: int) -> int | None:
@@ -48,7 +39,7 @@ class BrokerStatus:
             "cache_misses": cache["misses"],
             "cache_hit_rate": cache["hit_rate"],
             "avg_compute_latency_ms": round(compute_ms / computes, 4) if computes else 0.0,
-            "cache_stats": {k: cache[k] for k in CACHE_FIELDS},
+            "cache_stats": {k: cache[k] for k in CACHE_STATS_FIELDS},
             "workers": workers,
         }
 

@@ -14,7 +14,18 @@ import pandas as pd
 
 from featurestore.features.registry import feature_set
 from featurestore.protocol import get_array
+from featurestore.queries import GetPlan
 
+# The cache figures of GET /features/stats (`cache_stats`), in this order.
+CACHE_STATS_FIELDS = (
+    "size",
+    "max_size",
+    "hit_rate",
+    "utilization",
+    "evictions",
+    "expirations",
+    "memory_bytes",
+)
 STATUS_OK = "ok"
 STATUS_NOT_FOUND = "not_found"
 
@@ -112,3 +123,14 @@ class FeatureBatch:
         if self.cached is not None:
             data["cached"] = self.cached
         return pd.DataFrame(data)
+
+
+def single_body(plan: GetPlan, vector: np.ndarray, cached: bool, t_ms: int) -> dict:
+    """The result of a single get (the HTTP body less latency_ms)."""
+    return {
+        "entity_id": plan.entity_id,
+        "features": plan.query.view.to_dict(vector),
+        "version": plan.query.version,
+        "cached": cached,
+        "timestamp": int(t_ms),
+    }

@@ -5,17 +5,11 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from featurestore.config import EXIT_CONFIG, ConfigError, Settings
-from featurestore.logs import setup_logging
+from featurestore.config import Settings
+from featurestore.roles import run_role
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"featurestore-gateway: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging("gateway", settings.log_level)
+def run(settings: Settings) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
@@ -32,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         single_process=False,
     )
     Sanic.serve(primary=app, app_loader=loader)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_role("featurestore-gateway", "gateway", run)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Any
 from featurestore.config import Settings
 from featurestore.errors import HTTP_STATUS, MAX_REPORTED_ERRORS, Code
 from featurestore.features.registry import REGISTRY
+from featurestore.results import CACHE_STATS_FIELDS
 from featurestore.timestamps import MAX_TIMESTAMP_MS
 from featurestore.validation import MAX_ID_BYTES
 
@@ -284,20 +285,7 @@ def _schemas(settings: Settings) -> dict:
                 "cache_misses": INTEGER,
                 "cache_hit_rate": NUMBER,
                 "avg_compute_latency_ms": NUMBER,
-                "cache_stats": _obj(
-                    {
-                        k: NUMBER
-                        for k in (
-                            "size",
-                            "max_size",
-                            "hit_rate",
-                            "utilization",
-                            "evictions",
-                            "expirations",
-                            "memory_bytes",
-                        )
-                    }
-                ),
+                "cache_stats": _obj({k: NUMBER for k in CACHE_STATS_FIELDS}),
                 "workers": {
                     "type": "array",
                     "items": _obj(

@@ -1,30 +1,27 @@
-"""`featurestore-worker` / `python -m workers`: one compute worker process."""
+"""`featurestore-worker` / `python -m workers --id N`: one compute worker process."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from featurestore.config import EXIT_CONFIG, ConfigError, Settings
-from featurestore.logs import setup_logging
+from featurestore.config import Settings
+from featurestore.roles import run_role
 from featurestore.runtime import keep_large_arrays_in_heap
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="featurestore-worker")
     parser.add_argument("--id", default="0", help="worker id (supervisord: %%(process_num)s)")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"featurestore-worker: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging(f"worker-{args.id}", settings.log_level)
-    keep_large_arrays_in_heap()
-    from workers.worker import Worker
+    worker_id = str(parser.parse_args(argv).id)
 
-    Worker(settings, str(args.id)).run()
-    return 0
+    def run(settings: Settings) -> None:
+        from workers.worker import Worker
+
+        keep_large_arrays_in_heap()
+        Worker(settings, worker_id).run()
+
+    return run_role("featurestore-worker", f"worker-{worker_id}", run)
 
 
 if __name__ == "__main__":

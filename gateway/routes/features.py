@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 from sanic import Blueprint, HTTPResponse, Request
 
-from broker.pending import single_body
 from featurestore.protocol import Op
 from featurestore.queries import parse_batch, parse_get, parse_historical
-from featurestore.results import FeatureBatch
+from featurestore.results import FeatureBatch, single_body
 from featurestore.timestamps import now_ms
 from gateway.http import JSON, elapsed_ms, instrumented, json_body, json_response
 
