@@ -17,6 +17,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from featurestore.config import FEATURE_VERSIONS
 from shm.errors import CacheError, CacheLayoutError, CacheTimeout
 from shm.layout import (
@@ -32,6 +34,7 @@ from shm.layout import (
     LAYOUT_VERSION,
     LOCK_INIT,
     MAGIC,
+    PAGE_BYTES,
     Layout,
 )
 from shm.lock import POLL_STEP_S, OFDLock
@@ -165,12 +168,21 @@ def _initialise_and_map(name: str, fd: int, expected: Expected | None, deadline:
             if _is_ready(header):
                 found = _validate(name, fd, header, expected)
                 mm = mmap.mmap(fd, found.layout.total_bytes, mmap.MAP_SHARED)
+                _map_every_page(mm)
                 return Segment(name, fd, mm, found.layout, found.ttl_ms, created)
         finally:
             init_lock.release()
         if time.monotonic() >= deadline:  # attach-only and nobody initialised it
             raise CacheTimeout(f"cache {name!r} exists but was never initialised")
         time.sleep(POLL_STEP_S)  # deadline-poll
+
+
+def _map_every_page(mm: mmap.mmap) -> None:
+    """Fault the whole segment in now: its memory is fixed at creation, so every process
+    shows it in its RSS from the start instead of growing as entries are touched."""
+    view = np.frombuffer(mm, dtype=np.uint8)
+    int(view[::PAGE_BYTES].sum())  # one read per page
+    del view
 
 
 def _read_header(fd: int) -> list[int]:
