@@ -4,6 +4,7 @@ streaming writers. Nothing here holds a whole file in memory or loops over rows 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,7 +314,10 @@ class FrameWriter:
         self.path = self.final_path.with_name(self.final_path.name + ".partial")
         self._parquet: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
-        self._handle = None if self.kind == "parquet" else open(self.path, "wb")  # noqa: SIM115
+        self._files = contextlib.ExitStack()
+        self._handle = (
+            None if self.kind == "parquet" else self._files.enter_context(self.path.open("wb"))
+        )
         self._first = True
 
     def write(self, frame: pd.DataFrame) -> None:
@@ -337,8 +341,7 @@ class FrameWriter:
         """Finish the file and move it into place (`keep`), or throw the partial file away."""
         if self._parquet is not None:
             self._parquet.close()
-        if self._handle is not None:
-            self._handle.close()
+        self._files.close()
         if keep and self.path.exists():
             os.replace(self.path, self.final_path)
         else:
