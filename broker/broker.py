@@ -179,6 +179,8 @@ class Broker:
     def route(self, client: bytes, request: Request) -> None:
         op, payload = request.op, request.payload
         service = SERVICE_OF[op]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %s", rid(request.request_id), op.value, service)
         if service == SERVICE_BROKER:
             self.reply(client, Reply(request.request_id, self.broker_answer(op, payload)))
             return

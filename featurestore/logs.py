@@ -15,11 +15,12 @@ PARENT_PID_VARIABLE = "FS_PARENT_PID"  # set by the test launcher
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def setup_logging(role: str, level: str) -> logging.Logger:
+def setup_logging(role: str, level: str, *, process_root: bool = True) -> logging.Logger:
     """Configure the root logger once (stderr; supervisord or the launcher files it), and
     when started by the test launcher, die with it (a killed test run leaves nothing)."""
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
-    _die_with_launcher()
+    if process_root:  # not in processes a role spawns itself (Sanic's workers)
+        _die_with_launcher()
     return logging.getLogger(role)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sanic import HTTPResponse, Request, Sanic
 
 from featurestore.config import Settings
+from featurestore.logs import setup_logging
 from gateway.context import Gateway
 from gateway.http import finish, render_error
 from gateway.routes.events import events
@@ -18,6 +19,7 @@ GRACEFUL_SHUTDOWN_S = 10.0
 def create_app(settings: Settings | None = None) -> Sanic:
     """The app; called once per Sanic worker process (the factory of `gateway.main`)."""
     settings = settings or Settings.from_env()
+    setup_logging("gateway", settings.log_level, process_root=False)  # each Sanic worker
     app = Sanic(APP_NAME)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.ACCESS_LOG = False

@@ -186,6 +186,8 @@ def finish(request: Request, response: HTTPResponse) -> HTTPResponse:
             rid = new_request_id()
         ctx.rid = rid
     response.headers[REQUEST_ID_HEADER] = rid
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("rid=%s %s %s -> %d", rid, request.method, request.path, response.status)
     gw = getattr(request.app.ctx, "gw", None)
     if gw is not None:
         started = getattr(ctx, "started", None)

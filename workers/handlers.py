@@ -7,6 +7,7 @@ never stored. Ingest and delete invalidate after their commit.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,11 +16,14 @@ import numpy as np
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.features.engine import FeatureMatrix, compute
+from featurestore.logs import rid
 from featurestore.protocol import Op, Reply, get_array, put_array
 from featurestore.queries import entity_id_of, invalid
 from featurestore.store.base import EventStore
 from featurestore.validation import validate_events
 from workers.publisher import VectorPublisher
+
+log = logging.getLogger("worker")
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Handlers:
 
     def handle(self, op: Op, payload: dict, blocks: list, request_id: str) -> Reply:
         self.figures.jobs += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", rid(request_id), op.value)
         try:
             if op is Op.COMPUTE:
                 return self.compute_online(payload, request_id)
