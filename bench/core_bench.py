@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+from demo_store import END_MS, demo_store
 
 from featurestore.demo import demo_chunks, entity_name
 from featurestore.features.engine import compute
 from featurestore.store.sqlite import DB_FILENAME, open_store
 
 RESULTS = Path(__file__).parent / "results"
-END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed, reproducible data set
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -42,23 +42,6 @@ def run_cli(*args: str) -> str:
         ["featurestore", *args], capture_output=True, text=True, timeout=900, check=True
     )
     return done.stdout
-
-
-def prepare_store(work: Path, entities: int) -> Path:
-    data = work / "store"
-    if not (data / DB_FILENAME).exists():
-        run_cli(
-            "demo",
-            "--data-dir",
-            str(data),
-            "--entities",
-            str(entities),
-            "--seed",
-            "7",
-            "--end",
-            str(END_MS),
-        )
-    return data
 
 
 def bench_read(data: Path, rng: np.random.Generator, entities: int) -> dict:
@@ -160,7 +143,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
-    data = prepare_store(work, args.entities)
+    data = demo_store(work, args.entities)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     results.update(bench_read(data, rng, args.entities))
     results.update(bench_compute(data, rng, args.entities))

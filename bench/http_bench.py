@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from demo_store import demo_store
 
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port, wait_for
 
 RESULTS = Path(__file__).parent / "results"
-END_MS = 1_767_225_600_000
 
 
 class RawHttp:
@@ -208,23 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the throughput lines: apt-get install wrk")
-    data = Path(args.work) / "store"
-    if not data.exists():
-        subprocess.run(
-            [
-                "featurestore",
-                "demo",
-                "--data-dir",
-                str(data),
-                "--entities",
-                str(args.entities),
-                "--seed",
-                "7",
-                "--end",
-                str(END_MS),
-            ],
-            check=True,
-        )
+    data = demo_store(args.work, args.entities)
     ids = [entity_name(i) for i in np.random.default_rng(5).permutation(args.entities)]
     r: dict = {
         "client_latency": "RawHttp (keep-alive socket, body not parsed)",

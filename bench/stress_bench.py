@@ -12,15 +12,15 @@ import argparse
 import asyncio
 import json
 import shutil
-import subprocess
 from pathlib import Path
+
+from demo_store import demo_store
 
 from featurestore.demo import ENTITY_LIST
 from featurestore.launcher import Stack
 from featurestore.stress import report_lines, run_stress
 
 RESULTS = Path(__file__).parent / "results"
-END_MS = 1_767_225_600_000
 
 
 def main() -> None:
@@ -29,21 +29,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--work", default="/tmp/fs-bench")
     args = parser.parse_args()
-    source = Path(args.work) / "store"
-    if not source.exists():
-        subprocess.run(
-            [
-                "featurestore",
-                "demo",
-                "--data-dir",
-                str(source),
-                "--seed",
-                "7",
-                "--end",
-                str(END_MS),
-            ],
-            check=True,
-        )
+    source = demo_store(args.work)
     data = Path(args.work) / "stress-store"  # a copy: the stress ingests into it
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(source, data)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from demo_store import demo_store
 
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port
 from featurestore.protocol import Op
 
 RESULTS = Path(__file__).parent / "results"
-END_MS = 1_767_225_600_000
 
 
 def echo_server(port: int, ready) -> None:
@@ -137,25 +137,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--work", default="/tmp/fs-bench")
     args = parser.parse_args()
-    data = Path(args.work) / "store"
-    if not data.exists():
-        import subprocess
-
-        subprocess.run(
-            [
-                "featurestore",
-                "demo",
-                "--data-dir",
-                str(data),
-                "--entities",
-                str(args.entities),
-                "--seed",
-                "7",
-                "--end",
-                str(END_MS),
-            ],
-            check=True,
-        )
+    data = demo_store(args.work, args.entities)
     results = bench_stack(data, args.entities, args.workers)
     results["echo_p50_ms"], results["echo_p99_ms"] = bench_echo(
         b"x" * results["cached_reply_bytes"], 5000

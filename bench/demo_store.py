@@ -1,0 +1,34 @@
+"""The benchmarks' shared data set: one reproducible ~2-million-event demo store."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from featurestore.store.sqlite import DB_FILENAME
+
+END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed, reproducible data set
+SEED = 7
+
+
+def demo_store(work: str | Path, entities: int = 10_000) -> Path:
+    """WORK/store, filled by `featurestore demo` the first time."""
+    data = Path(work) / "store"
+    if not (data / DB_FILENAME).exists():
+        subprocess.run(
+            [
+                "featurestore",
+                "demo",
+                "--data-dir",
+                str(data),
+                "--entities",
+                str(entities),
+                "--seed",
+                str(SEED),
+                "--end",
+                str(END_MS),
+            ],
+            check=True,
+            timeout=900,
+        )
+    return data
