@@ -10,27 +10,23 @@ writes bench/results/core.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pandas as pd
-from demo_store import END_MS, demo_store
+from common import END_MS, demo_store, report
 
 from featurestore.demo import demo_chunks, entity_name
 from featurestore.features.engine import compute
 from featurestore.store.sqlite import DB_FILENAME, open_store
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -165,11 +161,7 @@ def main() -> None:
         f"ingest Parquet {r['ingest_events']:,} events with ids: "
         f"{r['ingest_events_per_s']:,.0f} events/s (target >= 200,000)",
     ]
-    print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    results["lines"] = lines
-    (RESULTS / "core.json").write_text(json.dumps(results, indent=2) + "\n")
-    sys.stdout.flush()
+    report("core", results, lines)
 
 
 if __name__ == "__main__":

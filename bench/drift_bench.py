@@ -11,18 +11,17 @@ counted in the report's `total_tracked`. Writes bench/results/drift.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import zmq
+from common import report
 
 from featurestore.launcher import Stack, wait_for
 from workers.publisher import VectorPublisher
 
-RESULTS = Path(__file__).parent / "results"
 WIDTH = 24
 
 
@@ -55,8 +54,8 @@ def _sent_one(publisher: VectorPublisher, fs, before: int) -> bool:
 
 
 def _reached(fs, target: int) -> dict | None:
-    report = fs.drift_report()
-    return report if report["total_tracked"] >= target else None
+    current = fs.drift_report()
+    return current if current["total_tracked"] >= target else None
 
 
 def report_latency(stack: Stack, n: int = 200) -> tuple[float, float, int]:
@@ -64,10 +63,10 @@ def report_latency(stack: Stack, n: int = 200) -> tuple[float, float, int]:
         samples = []
         for _ in range(n):
             started = time.perf_counter()
-            report = fs.drift_report()
+            current = fs.drift_report()
             samples.append(time.perf_counter() - started)
     ms = np.array(samples) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), report["features_monitored"]
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), current["features_monitored"]
 
 
 def main() -> None:
@@ -99,10 +98,7 @@ def main() -> None:
         f"P50 {r['report_p50_ms']:.2f} ms P99 {r['report_p99_ms']:.2f} ms (ZeroMQ client, "
         "through the broker)",
     ]
-    print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    results["lines"] = lines
-    (RESULTS / "drift.json").write_text(json.dumps(results, indent=2) + "\n")
+    report("drift", results, lines)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from demo_store import demo_store
+from common import demo_store, report
 
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port, wait_for
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class RawHttp:
@@ -180,7 +178,7 @@ def measure_bare(body: bytes, request_body: bytes, args: argparse.Namespace) -> 
         bare.wait(10)
 
 
-def report(r: dict) -> list[str]:
+def result_lines(r: dict) -> list[str]:
     return [
         f"cached single (HTTP, concurrency 1, RawHttp): P50 {r['cached_single_p50_ms']:.3f} P95 "
         f"{r['cached_single_p95_ms']:.3f} P99 {r['cached_single_p99_ms']:.3f} ms | bare Sanic "
@@ -217,11 +215,8 @@ def main() -> None:
     measured, body = measure_gateway(data, ids, args)
     r.update(measured)
     r.update(measure_bare(body, orjson.dumps({"entity_id": ids[0]}), args))
-    lines = report(r)
-    print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    r["lines"] = lines
-    (RESULTS / "http.json").write_text(json.dumps(r, indent=2) + "\n")
+    lines = result_lines(r)
+    report("http", r, lines)
 
 
 if __name__ == "__main__":

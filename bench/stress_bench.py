@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 from pathlib import Path
 
-from demo_store import demo_store
+from common import demo_store, report
 
 from featurestore.demo import ENTITY_LIST
 from featurestore.launcher import Stack
 from featurestore.stress import report_lines, run_stress
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -49,10 +46,7 @@ def main() -> None:
             )
         )
     lines = report_lines(result)
-    print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    result["lines"] = lines
-    (RESULTS / "stress.json").write_text(json.dumps(result, indent=2) + "\n")
+    report("stress", result, lines)
 
 
 if __name__ == "__main__":

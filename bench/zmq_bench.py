@@ -9,20 +9,17 @@ bytes as a cached single-get reply. Writes bench/results/zmq.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import time
 from pathlib import Path
 
 import numpy as np
 import zmq
-from demo_store import demo_store
+from common import demo_store, report
 
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port
 from featurestore.protocol import Op
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def echo_server(port: int, ready) -> None:
@@ -160,10 +157,7 @@ def main() -> None:
             f"{w}: {v:,.0f}/s" for w, v in r["cold_throughput_entities_per_s_by_workers"].items()
         ),
     ]
-    print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    results["lines"] = lines
-    (RESULTS / "zmq.json").write_text(json.dumps(results, indent=2) + "\n")
+    report("zmq", results, lines)
 
 
 if __name__ == "__main__":
