@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shm import counters
 from shm.counters import process_start_ticks
 from shm.lock import OFDLock
 
@@ -94,29 +95,12 @@ class MetricsBoard:
                 os.ftruncate(self.fd, BOARD_BYTES)
             self.mm = mmap.mmap(self.fd, BOARD_BYTES)
             self.board = np.ndarray((SLOTS, SLOT_WORDS), dtype=np.int64, buffer=self.mm)
-            self.row = self._claim()
+            self.row = counters.claim(self.board)  # the cache's slot rule: pid + start
         finally:
             lock.release()
         # This process's row as a flat memoryview: item updates without NumPy scalar costs.
         self.mine = memoryview(self.board[self.row, OWNER_WORDS:]).cast("B").cast("q")
         self.base: dict[str, int] = {}
-
-    def _claim(self) -> int:
-        pid = os.getpid()
-        owners = self.board[:, 0]
-        free = np.flatnonzero(owners == 0)
-        row = int(free[0]) if free.size else -1
-        if row < 0:
-            for candidate in range(SLOTS):
-                owner, start = int(self.board[candidate, 0]), int(self.board[candidate, 1])
-                if process_start_ticks(owner) != start:
-                    row = candidate
-                    break
-        if row < 0:
-            raise RuntimeError(f"all {SLOTS} gateway metric slots belong to live processes")
-        self.board[row, 1] = process_start_ticks(pid) or 0
-        self.board[row, 0] = pid
-        return row
 
     def observe(self, route: str, status: int, elapsed_ms: float) -> None:
         """Count one request of a route ("app.name" or just the name); only this process
