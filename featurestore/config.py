@@ -15,8 +15,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
-
 DEFAULT_DATA_DIR = "./data"
 FEATURE_VERSIONS = ("v1", "v2")
 
@@ -115,6 +113,29 @@ VARIABLES: dict[str, _Var] = {
     "HEARTBEAT_LIVENESS": _Var(_parse_int, 3, 1, 100, doc="missed heartbeats before dead"),
     "MAX_REDISPATCH": _Var(_parse_int, 2, 0, 100, doc="re-dispatches of a dead worker's request"),
     "ZMQ_MAXMSGSIZE": _Var(_parse_int, 64 * MIB, 1024, 2**31, doc="largest ZeroMQ message"),
+    "ZMQ_MAX_FRAMES": _Var(_parse_int, 64, 2, 100_000, doc="largest frame count of a message"),
+    "BROKER_CLIENT_MAX_PENDING": _Var(
+        _parse_int, 1000, 1, 10**7, doc="requests in progress per ZeroMQ client"
+    ),
+    "BROKER_CLIENT_MAX_BYTES": _Var(
+        _parse_int, 64 * MIB, 64 * 1024, 2**40, doc="reply bytes queued for one ZeroMQ client"
+    ),
+    "REQUEST_ID_RETENTION_MS": _Var(
+        _parse_int, 86_400_000, 1000, 10**12, doc="how long ingest request ids are remembered"
+    ),
+    "HTTP_READ_TIMEOUT_MS": _Var(
+        _parse_int, 30_000, 100, 10**8, doc="deadline for an HTTP request's headers and body"
+    ),
+    "HTTP_MAX_HEADER_BYTES": _Var(
+        _parse_int, 8192, 1024, 1 << 20, doc="largest HTTP request header block"
+    ),
+    "ZMQ_CURVE_KEYS_DIR": _Var(
+        _parse_str, "", doc="ZeroMQ CURVE key directory; empty = no encryption/authentication"
+    ),
+    "API_TOKENS_FILE": _Var(_parse_str, "", doc="HTTP bearer tokens file; empty = no tokens"),
+    "ALLOW_INSECURE_BIND": _Var(
+        _parse_bool, False, doc="allow a non-loopback bind without CURVE keys and tokens"
+    ),
     "LOG_LEVEL": _Var(
         _parse_str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log verbosity"
     ),
@@ -157,6 +178,15 @@ class Settings:
     heartbeat_liveness: int
     max_redispatch: int
     zmq_maxmsgsize: int
+    zmq_max_frames: int
+    broker_client_max_pending: int
+    broker_client_max_bytes: int
+    request_id_retention_ms: int
+    http_read_timeout_ms: int
+    http_max_header_bytes: int
+    zmq_curve_keys_dir: str
+    api_tokens_file: str
+    allow_insecure_bind: bool
     log_level: str
 
     @classmethod

@@ -20,6 +20,12 @@ class Code(StrEnum):
     OVERLOADED = "overloaded"
     NO_WORKERS = "no_workers"
     TIMEOUT = "timeout"
+    REQUEST_ID_CONFLICT = "request_id_conflict"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    STORE_UNAVAILABLE = "store_unavailable"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -36,11 +42,19 @@ HTTP_STATUS: dict[Code, int] = {
     Code.OVERLOADED: 503,
     Code.NO_WORKERS: 503,
     Code.TIMEOUT: 504,
+    Code.REQUEST_ID_CONFLICT: 409,
+    Code.REQUEST_TIMEOUT: 408,
+    Code.HEADERS_TOO_LARGE: 431,
+    Code.STORE_UNAVAILABLE: 503,
+    Code.UNAUTHORIZED: 401,
+    Code.FORBIDDEN: 403,
     Code.INTERNAL: 500,
     Code.NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
 }
 
+# Errors that ask the caller to come back: they carry `retry_after_s` (HTTP: Retry-After).
+RETRYABLE = frozenset({Code.OVERLOADED, Code.NO_WORKERS, Code.STORE_UNAVAILABLE})
 MAX_REPORTED_ERRORS = 20
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from featurestore.config import EXIT_CONFIG, ConfigError, Settings
+from featurestore.config import ConfigError, Settings
+from featurestore.exitcodes import EXIT_CONFIG, EXIT_OK
 from featurestore.logs import setup_logging
-
-EXIT_OK = 0
 
 
 def run_role(program: str, label: str, run: Callable[[Settings], None]) -> int:

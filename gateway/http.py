@@ -16,7 +16,7 @@ from sanic import HTTPResponse, Request
 from sanic.exceptions import MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
 
 from featurestore.client import new_request_id
-from featurestore.errors import Code, ServiceError
+from featurestore.errors import RETRYABLE, Code, ServiceError
 from featurestore.protocol import MAX_REQUEST_ID_BYTES
 
 JSON = "application/json"
@@ -120,7 +120,7 @@ def elapsed_ms(request: Request) -> float:
 
 def error_response(error: ServiceError, headers: dict | None = None) -> HTTPResponse:
     headers = dict(headers or {})
-    if error.code in (Code.OVERLOADED, Code.NO_WORKERS):
+    if error.code in RETRYABLE:
         headers["Retry-After"] = str(int(error.extra.get("retry_after_s", 1)))
     return json_response(error.body(), error.http_status, headers)
 

@@ -7,8 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from featurestore.cli import bench, cache, demo, entity, generate, ingest, serve
-from featurestore.cli.common import EXIT_USAGE, CommandError, load_settings
-from featurestore.config import EXIT_CONFIG, ConfigError
+from featurestore.cli.common import CommandError, load_settings
+from featurestore.config import ConfigError
+from featurestore.exitcodes import EXIT_CONFIG, EXIT_USAGE
 
 COMMANDS = (demo, ingest, generate, entity, serve, cache, bench)
 

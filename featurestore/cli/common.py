@@ -9,11 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from featurestore.config import Settings
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
+from featurestore.exitcodes import EXIT_FAILURE
 
 
 class CommandError(Exception):

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import orjson
 
-from featurestore.cli.common import EXIT_NOT_FOUND, CommandError, common_options, running_cache
+from featurestore.cli.common import CommandError, common_options, running_cache
 from featurestore.config import Settings
+from featurestore.exitcodes import EXIT_NOT_FOUND
 from featurestore.features.engine import compute
 from featurestore.features.vectors import VectorView
 from featurestore.store.sqlite import open_store

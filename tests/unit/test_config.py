@@ -16,12 +16,12 @@ import pytest
 from featurestore import config
 from featurestore.config import (
     DEFAULT_DATA_DIR,
-    EXIT_CONFIG,
     VARIABLES,
     ConfigError,
     Settings,
     default_cache_name,
 )
+from featurestore.exitcodes import EXIT_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 60
@@ -184,7 +184,7 @@ def test_as_env_round_trips() -> None:
 def test_every_checked_variable_has_invalid_cases() -> None:
     covered = {name for name, var in VARIABLES.items() if _invalid_values(name, var)}
     # Free-form strings: any host name and any directory are acceptable values.
-    assert set(VARIABLES) - covered == {"HOST", "DATA_DIR"}
+    assert set(VARIABLES) - covered == {"HOST", "DATA_DIR", "ZMQ_CURVE_KEYS_DIR", "API_TOKENS_FILE"}
 
 
 @pytest.mark.parametrize(("name", "raw"), INVALID_CASES)
@@ -347,3 +347,18 @@ def test_cli_stops_with_exit_config_naming_the_variable(
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
     assert not data_dir.exists()  # stopped before touching anything
+
+
+def test_supervisord_does_not_restart_after_a_final_exit_code() -> None:
+    from featurestore.exitcodes import FINAL_EXIT_CODES
+    from featurestore.supervisor import CONFIG
+
+    programs = CONFIG.read_text().split("[program:")[1:]
+    assert programs
+    for section in programs:
+        settings = dict(
+            line.split("=", 1) for line in section.splitlines() if "=" in line and line[0] != ";"
+        )
+        assert settings["autorestart"] == "unexpected"
+        assert {int(c) for c in settings["exitcodes"].split(",")} == set(FINAL_EXIT_CODES)
+        assert int(settings["startretries"]) <= 5

@@ -29,6 +29,7 @@ from featurestore import files
 from featurestore.cli import main as cli_main
 from featurestore.config import VARIABLES
 from featurestore.demo import ENTITY_LIST
+from featurestore.exitcodes import EXIT_FAILURE, EXIT_NOT_FOUND
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.features.vectors import VectorView
@@ -38,8 +39,6 @@ from featurestore.timestamps import now_ms
 from featurestore.validation import EventColumns
 
 CLI_TIMEOUT_S = 120
-EXIT_FAILURE = 1
-EXIT_NOT_FOUND = 3
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z (a Monday)
 HOUR = 3_600_000
 DAY = 86_400_000
