@@ -15,7 +15,7 @@ def run(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_role("featurestore-broker", "broker", run)
+    return run_role("featurestore-broker", "broker", run, root_when_alone=True)
 
 
 if __name__ == "__main__":

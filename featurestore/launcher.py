@@ -34,7 +34,8 @@ import zmq
 from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.errors import ServiceError
-from featurestore.logs import PARENT_PID_VARIABLE
+from featurestore.processes import PARENT_PID_VARIABLE
+from featurestore.stacklock import OWNER_VARIABLE, StackLock
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -109,8 +110,10 @@ class Stack:
             **base,
             "PYTHONUNBUFFERED": "1",
             PARENT_PID_VARIABLE: str(os.getpid()),
+            OWNER_VARIABLE: str(os.getpid()),
         }
         self.settings = Settings.from_env(self.environ)
+        self.lock: StackLock | None = None
 
     # ------------------------------------------------------------------ processes
     @property
@@ -146,6 +149,9 @@ class Stack:
         return managed
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Stack:
+        """Take the DATA_DIR (StackBusy if another stack has it), start every process, wait
+        until the stack answers."""
+        self.lock = StackLock(self.data_dir).acquire(f"test stack of pid {os.getpid()}")
         python = sys.executable
         self.add("broker", [python, "-m", "broker"])
         if self.drift:  # before the workers, whose publishers connect to it (supervisord too)
@@ -257,6 +263,9 @@ class Stack:
         drop(self.settings.cache_name)
         drop_metrics(self.settings.cache_name)
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __enter__(self) -> Stack:
         return self.start()

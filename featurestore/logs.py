@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import signal
 import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 
-PARENT_PID_VARIABLE = "FS_PARENT_PID"  # set by the test launcher
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def setup_logging(role: str, level: str, *, process_root: bool = True) -> logging.Logger:
-    """Configure the root logger once (stderr; supervisord or the launcher files it), and
-    when started by the test launcher, die with it (a killed test run leaves nothing)."""
+def setup_logging(role: str, level: str) -> logging.Logger:
+    """Configure the root logger once (stderr; supervisord or the launcher files it)."""
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
-    if process_root:  # not in processes a role spawns itself (Sanic's workers)
-        _die_with_launcher()
     return logging.getLogger(role)
-
-
-def _die_with_launcher() -> None:
-    parent = os.environ.get(PARENT_PID_VARIABLE)
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # the launcher died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def rid(request_id: str) -> str:

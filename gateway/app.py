@@ -8,18 +8,18 @@ from featurestore.config import Settings
 from featurestore.logs import setup_logging
 from gateway.context import Gateway
 from gateway.http import finish, render_error
+from gateway.manager import GRACEFUL_SHUTDOWN_S
 from gateway.routes.events import events
 from gateway.routes.features import features
 from gateway.routes.system import system
 
 APP_NAME = "featurestore"
-GRACEFUL_SHUTDOWN_S = 10.0
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
     """The app; called once per Sanic worker process (the factory of `gateway.main`)."""
     settings = settings or Settings.from_env()
-    setup_logging("gateway", settings.log_level, process_root=False)  # each Sanic worker
+    setup_logging("gateway", settings.log_level)  # each server process
     app = Sanic(APP_NAME)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.ACCESS_LOG = False

@@ -1,35 +1,24 @@
-"""`featurestore-gateway` / `python -m gateway`: the Sanic HTTP gateway (GATEWAY_WORKERS)."""
+"""`featurestore-gateway` / `python -m gateway`: the HTTP gateway, GATEWAY_WORKERS server
+processes under one main process (gateway/manager.py)."""
 
 from __future__ import annotations
 
 import sys
-from functools import partial
 
 from featurestore.config import Settings
 from featurestore.roles import run_role
 
 
-def run(settings: Settings) -> None:
-    from sanic import Sanic
-    from sanic.worker.loader import AppLoader
-
-    from gateway.app import create_app
-
-    loader = AppLoader(factory=partial(create_app, settings))
-    app = loader.load()
-    app.prepare(
-        host=settings.host,
-        port=settings.port,
-        workers=settings.gateway_workers,
-        access_log=False,
-        motd=False,
-        single_process=False,
-    )
-    Sanic.serve(primary=app, app_loader=loader)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_role("featurestore-gateway", "gateway", run)
+    code = 0
+
+    def run(settings: Settings) -> None:
+        nonlocal code
+        from gateway.manager import GatewayManager
+
+        code = GatewayManager(settings).run()
+
+    return run_role("featurestore-gateway", "gateway", run) or code
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurestore.processes import process_start_ticks
 from shm import counters
-from shm.counters import process_start_ticks
 from shm.lock import OFDLock
 
 SLOTS = 64

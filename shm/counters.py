@@ -13,22 +13,11 @@ import os
 
 import numpy as np
 
+from featurestore.processes import process_start_ticks
 from shm.errors import CacheError
 from shm.layout import C_PID, C_START, COUNTERS
 
 FIRST_COUNTER = 2
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot (Linux), None if it does not exist.
-    Together with the pid it names a process even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
 
 
 def claim(counters: np.ndarray) -> int:

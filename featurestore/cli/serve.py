@@ -1,8 +1,12 @@
 """`featurestore serve [--demo]`: the whole service on supervisord, in the foreground.
 
-Fills the store with demo data when asked and the store is empty, waits until the API
-answers, prints where it is, and on Ctrl-C / SIGTERM stops every process (the gateway first,
-so it drains its requests) and unlinks the cache segment.
+Takes the DATA_DIR (one stack per DATA_DIR: a second `serve` is refused naming the first;
+the orphans of a killed predecessor, known by the pids it recorded, are stopped first),
+fills the store with demo data when asked and the store is empty, starts supervisord (which
+dies with this process, and every program with it), waits until the API answers, prints
+where it is, and stops everything on Ctrl-C / SIGTERM (the gateway first, so it drains its
+requests), unlinking the cache segment. A program that supervisord gives up on (it exited
+with a final code, or could not stay up) ends `serve` with that program's own message.
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
 from featurestore.errors import ServiceError
+from featurestore.exitcodes import EXIT_FAILURE, EXIT_UNAVAILABLE
 from featurestore.launcher import wait_for
+from featurestore.processes import terminate
+from featurestore.stacklock import StackBusy, StackLock
 from featurestore.store.sqlite import open_store
-from featurestore.supervisor import start_supervisord
+from featurestore.supervisor import given_up, program_pids, start_supervisord
 from featurestore.timestamps import now_ms
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
+ORPHAN_STOP_S = 10.0
+WATCH_INTERVAL_S = 1.0
 DEMO_ENTITIES = 10_000
 DEMO_SEED = 42
-DEMO_MARKER = ".demo-incomplete"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +72,7 @@ def _fill_demo(settings: Settings) -> None:
                 store,
                 Path(settings.data_dir),
                 entities=DEMO_ENTITIES,
-                seed=42,
+                seed=DEMO_SEED,
                 end_ms=default_end_ms(now_ms()),
                 progress=advance,
             )
@@ -72,12 +80,42 @@ def _fill_demo(settings: Settings) -> None:
         store.close()
 
 
-def _ready(settings: Settings, supervisord) -> bool:
+def _take_data_dir(settings: Settings) -> StackLock:
+    """The DATA_DIR's lock, after stopping what a killed predecessor left running."""
+    try:
+        lock = StackLock(settings.data_dir).acquire("featurestore serve")
+    except StackBusy as exc:
+        raise CommandError(str(exc), EXIT_UNAVAILABLE) from None
+    orphans = lock.previous.live_processes() if lock.previous else {}
+    if orphans:
+        named = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(orphans.items()))
+        print(f"featurestore serve: stopping processes left by a killed stack: {named}")
+        left = terminate(list(orphans.values()), ORPHAN_STOP_S)
+        if left:
+            lock.release()
+            raise CommandError(
+                f"processes of a killed stack on {settings.data_dir} would not stop: "
+                f"pids {', '.join(map(str, left))}",
+                EXIT_UNAVAILABLE,
+            )
+    return lock
+
+
+def _check_supervisord(settings: Settings, supervisord: subprocess.Popen) -> None:
+    """CommandError if supervisord died or gave up on a program (with that program's words)."""
     if supervisord.poll() is not None:
         raise CommandError(
             f"supervisord exited ({supervisord.returncode}); see "
             f"{settings.data_dir}/logs/supervisord.log"
         )
+    failed = given_up(settings)
+    if failed:
+        name, message = failed
+        raise CommandError(f"{name} could not run: {message}", EXIT_FAILURE)
+
+
+def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
+    _check_supervisord(settings, supervisord)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     if not _port_open(host, settings.port):
         return False
@@ -90,15 +128,21 @@ def _ready(settings: Settings, supervisord) -> bool:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-    if _port_open(host, settings.port):
-        raise CommandError(f"port {settings.port} is already in use (another service running?)")
-    if args.demo:
-        _fill_demo(settings)
+    with _take_data_dir(settings) as lock:
+        if _port_open(host, settings.port):
+            raise CommandError(f"port {settings.port} is already in use (another service?)")
+        if args.demo:
+            _fill_demo(settings)
+        return _serve(settings, lock)
+
+
+def _serve(settings: Settings, lock: StackLock) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    supervisord = start_supervisord(settings)
+    supervisord = start_supervisord(settings, owner_pid=lock.record.owner_pid)
     try:
+        lock.note({"supervisord": supervisord.pid})
         wait_for(
             lambda: stop.is_set() or _ready(settings, supervisord),
             READY_TIMEOUT_S,
@@ -106,27 +150,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             interval_s=0.2,
         )
         if not stop.is_set():
+            lock.note({"supervisord": supervisord.pid, **program_pids(settings)})
             print(
                 f"featurestore is serving on http://{settings.host}:{settings.port} "
                 f"(ZeroMQ {settings.broker_frontend}; logs in {settings.data_dir}/logs). "
                 "Ctrl-C stops it.",
                 flush=True,
             )
-        while not stop.is_set() and supervisord.poll() is None:
-            stop.wait(1.0)
+        while not stop.wait(WATCH_INTERVAL_S):
+            _check_supervisord(settings, supervisord)
     finally:
-        died = supervisord.poll() is not None and not stop.is_set()
-        if not died:
-            _shutdown(settings, supervisord)
-    if died:
-        raise CommandError(
-            f"supervisord exited on its own ({supervisord.returncode}); its "
-            f"programs may still run: see {settings.data_dir}/logs"
-        )
+        _shutdown(settings, supervisord)
     return 0
 
 
-def _shutdown(settings: Settings, supervisord) -> None:
+def _shutdown(settings: Settings, supervisord: subprocess.Popen) -> None:
     from gateway.metrics import drop as drop_metrics
     from shm import drop
 

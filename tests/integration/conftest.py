@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from integration_support import make_demo_store, running_stack
+from integration_support import copy_store, make_demo_store, running_stack
 
 from featurestore.client import Client
 from featurestore.launcher import Stack
@@ -42,12 +42,13 @@ def client(stack: Stack) -> Iterator[Client]:
 
 
 @pytest.fixture
-def make_stack(demo_dir: Path) -> Iterator[Callable[..., Stack]]:
-    """Start a private stack on the module's store: make_stack(workers=1, env={...})."""
+def make_stack(demo_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Start a private stack on a copy of the module's store (one stack per DATA_DIR):
+    make_stack(workers=1, env={...}); its store is `stack.data_dir`."""
     stacks: list[Stack] = []
 
     def start(**options) -> Stack:
-        stack = Stack(demo_dir, **options)
+        stack = Stack(copy_store(demo_dir, tmp_path / f"stack{len(stacks)}"), **options)
         stacks.append(stack)
         return stack.start()
 

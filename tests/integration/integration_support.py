@@ -7,6 +7,8 @@ Everything here talks to real processes; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack, wait_for
 from featurestore.protocol import Reply
-from featurestore.store.sqlite import open_store
+from featurestore.store.sqlite import DB_FILENAME, open_store
 from featurestore.timestamps import parse_timestamp
 
 DEMO_ENTITIES = 300
@@ -41,6 +43,20 @@ def make_demo_store(data_dir: Path) -> Path:
     finally:
         store.close()
     return data_dir
+
+
+def copy_store(source: Path, target: Path) -> Path:
+    """A consistent copy of the store in `source` (SQLite's backup API, safe while a stack
+    reads or writes it), with its entity list: one DATA_DIR per stack (SPEC §11)."""
+    target.mkdir(parents=True, exist_ok=True)
+    with (
+        contextlib.closing(sqlite3.connect(source / DB_FILENAME)) as src,
+        contextlib.closing(sqlite3.connect(target / DB_FILENAME)) as dst,
+    ):
+        src.backup(dst)
+    if (source / ENTITY_LIST).exists():
+        shutil.copyfile(source / ENTITY_LIST, target / ENTITY_LIST)
+    return target
 
 
 def demo_counts(data_dir: Path) -> dict[str, int]:

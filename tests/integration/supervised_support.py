@@ -29,7 +29,7 @@ from featurestore.config import Settings
 from featurestore.demo import ENTITY_LIST
 from featurestore.errors import ServiceError
 from featurestore.launcher import free_port, wait_for
-from featurestore.logs import PARENT_PID_VARIABLE
+from featurestore.processes import PARENT_PID_VARIABLE
 from featurestore.supervisor import CONFIG, control, socket_path, start_supervisord
 from shm import segment
 

@@ -199,7 +199,7 @@ def test_broker_restart_clients_and_workers_reconnect_by_themselves(
         work.check(replies, demo_dir)
         assert ingest.ok, ingest.body
         assert ingest.body == {"accepted": 5, "duplicates": 0}
-        assert event_count(demo_dir, "restart_entity") == 5  # stored once, retries or not
+        assert event_count(stack.data_dir, "restart_entity") == 5  # stored once, retries or not
         # And the workers registered with the new broker by themselves, not restarted
         assert stack.restart_count("broker") == 1
         assert stack.pid("broker") != old_broker

@@ -27,7 +27,7 @@ from http_support import (
     ok_json,
     start_gateway_stack,
 )
-from integration_support import DAY_MS, DEMO_END_MS, entity
+from integration_support import DAY_MS, DEMO_END_MS, copy_store, entity
 
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack, wait_for
@@ -56,11 +56,14 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def private_stack(demo_dir: Path) -> Iterator[Callable[..., Stack]]:
-    """Start a stack of one's own: private_stack(workers=1, env={...}); always stopped."""
+def private_stack(demo_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Start a stack of one's own (on a copy of the module's store unless given a DATA_DIR):
+    private_stack(workers=1, env={...}); always stopped."""
     stacks: list[Stack] = []
 
-    def start(data_dir: Path = demo_dir, **options) -> Stack:
+    def start(data_dir: Path | None = None, **options) -> Stack:
+        if data_dir is None:
+            data_dir = copy_store(demo_dir, tmp_path / f"stack{len(stacks)}")
         stack = Stack(data_dir, gateway=True, **options)
         stacks.append(stack)
         return start_gateway_stack(stack)

@@ -107,7 +107,7 @@ def test_a_redispatched_ingest_stores_once(
     assert dier.process.returncode == EXIT_AFTER_COMMIT
     assert "job ingest" in stack.log_tail("dier") and "ok=True" in stack.log_tail("dier")
     assert answer == {"accepted": 4, "duplicates": 0}
-    assert event_count(demo_dir, eid) == 4
+    assert event_count(stack.data_dir, eid) == 4
 
 
 # ---------------------------------------------------------------- read your writes

@@ -14,8 +14,8 @@ from zlib import crc32
 import numpy as np
 import pytest
 
+from featurestore.processes import process_start_ticks
 from shm import DEFAULT_WIDTH, CacheError, FeatureCache, drop
-from shm.counters import process_start_ticks
 from shm.keys import version_code
 from shm.layout import (
     C_HITS,
