@@ -9,6 +9,7 @@ from featurestore.logs import setup_logging
 from gateway.context import Gateway
 from gateway.http import finish, render_error
 from gateway.manager import GRACEFUL_SHUTDOWN_S
+from gateway.request import GatewayRequest
 from gateway.routes.events import events
 from gateway.routes.features import features
 from gateway.routes.system import system
@@ -20,8 +21,10 @@ def create_app(settings: Settings | None = None) -> Sanic:
     """The app; called once per Sanic worker process (the factory of `gateway.main`)."""
     settings = settings or Settings.from_env()
     setup_logging("gateway", settings.log_level)  # each server process
-    app = Sanic(APP_NAME)
+    app = Sanic(APP_NAME, request_class=GatewayRequest)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.REQUEST_MAX_HEADER_SIZE = settings.http_max_header_bytes
+    app.config.REQUEST_TIMEOUT = settings.http_read_timeout_ms / 1000
     app.config.ACCESS_LOG = False
     app.config.MOTD = False
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = GRACEFUL_SHUTDOWN_S

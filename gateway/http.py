@@ -13,7 +13,13 @@ from typing import Any
 
 import orjson
 from sanic import HTTPResponse, Request
-from sanic.exceptions import MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
+from sanic.exceptions import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    SanicException,
+)
 
 from featurestore.client import new_request_id
 from featurestore.errors import RETRYABLE, Code, ServiceError
@@ -132,16 +138,35 @@ def error_headers(exc: Exception) -> dict:
     return {}
 
 
+# Sanic's own exceptions, as the catalogue's errors (checked in order; the first match wins).
+_SANIC_ERRORS: tuple[tuple[type[Exception], str, Code, str], ...] = (
+    # (type, words its message must contain, code, message)
+    (
+        PayloadTooLarge,
+        "header",
+        Code.HEADERS_TOO_LARGE,
+        "the request headers exceed HTTP_MAX_HEADER_BYTES",
+    ),
+    (PayloadTooLarge, "", Code.BODY_TOO_LARGE, "the request body exceeds MAX_BODY_BYTES"),
+    (
+        RequestTimeout,
+        "",
+        Code.REQUEST_TIMEOUT,
+        "the request was not received in time (HTTP_READ_TIMEOUT_MS)",
+    ),
+    (MethodNotAllowed, "", Code.METHOD_NOT_ALLOWED, "method not allowed for this route"),
+    (NotFound, "", Code.NOT_FOUND, "no such route"),
+)
+
+
 def as_service_error(exc: Exception) -> ServiceError:
     """Any exception as the error of the catalogue it stands for."""
     if isinstance(exc, ServiceError):
         return exc
-    if isinstance(exc, PayloadTooLarge):
-        return ServiceError(Code.BODY_TOO_LARGE, "the request body exceeds MAX_BODY_BYTES")
-    if isinstance(exc, MethodNotAllowed):
-        return ServiceError(Code.METHOD_NOT_ALLOWED, "method not allowed for this route")
-    if isinstance(exc, NotFound):
-        return ServiceError(Code.NOT_FOUND, "no such route")
+    text = str(exc).lower()
+    for kind, words, code, message in _SANIC_ERRORS:
+        if isinstance(exc, kind) and words in text:
+            return ServiceError(code, message)
     if isinstance(exc, SanicException) and 400 <= exc.status_code < 500:
         return ServiceError(Code.INVALID_REQUEST, str(exc) or "bad request")
     return ServiceError(Code.INTERNAL, "internal error")

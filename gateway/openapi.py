@@ -356,13 +356,14 @@ def _schemas(settings: Settings) -> dict:
             {
                 "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
                 "workers": _obj({"alive": INTEGER, "expected": INTEGER}),
+                "gateway": _obj({"alive": INTEGER, "expected": INTEGER}),
                 "broker": {"type": "string", "enum": ["ok", "down"]},
                 "drift": {"type": "string", "enum": ["ok", "down", "disabled"]},
                 "cache": {"type": "string", "enum": ["ok", "down"]},
                 "uptime_s": NUMBER,
                 "memory": {"type": "object", "additionalProperties": INTEGER},
             },
-            ["status", "workers", "broker", "drift", "cache", "uptime_s", "memory"],
+            ["status", "workers", "gateway", "broker", "drift", "cache", "uptime_s", "memory"],
         ),
         "Cleared": _obj({"cleared": INTEGER}, ["cleared"]),
     }

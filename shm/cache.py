@@ -34,6 +34,7 @@ from shm.layout import (
     EVICTION_WINDOW,
     H_ACTIVE,
     H_EPOCH,
+    H_RETIRED,
     KEY_MAX_BYTES,
     M_ACCESS,
     R_COVERED,
@@ -46,15 +47,24 @@ from shm.writer import Writer
 DEFAULT_WIDTH = max(len(feature_set.features) for feature_set in REGISTRY.values())
 READ_SPINS = 4  # immediate re-reads of a record a writer is inside, then yield the CPU
 READ_GIVE_UP_NS = 2_000_000  # then count a miss (the writer may have died mid-write)
+REATTACH_WAIT_S = 5.0  # for the segment that replaces a retired one to become ready
 _UNPACK_HEAD = COVERED_HEAD.unpack_from
 _VALUES_AT = COVERED_HEAD.size
 _F64 = np.float64
 
 
 class FeatureCache:
-    """One process's attachment to a named cache segment. Create with `open`."""
+    """One process's attachment to a named cache segment. Create with `open`.
 
-    def __init__(self, seg: segment.Segment) -> None:
+    Every operation first checks that the segment is still the current one (H_RETIRED); a
+    dropped or damaged segment is left for the one now under the same name. One instance
+    serves one thread (asyncio tasks of one thread are fine)."""
+
+    def __init__(self, seg: segment.Segment, expected: segment.Expected | None = None) -> None:
+        self._expected = expected
+        self._bind(seg)
+
+    def _bind(self, seg: segment.Segment) -> None:
         layout = seg.layout
         self._segment = seg
         self._views = Views(seg.mm, layout)
@@ -88,6 +98,16 @@ class FeatureCache:
         self._misses_w = row_w + C_MISSES
         self._closed = False
 
+    def _current(self) -> None:
+        """Re-attach by name when this segment was retired (dropped, or found damaged)."""
+        if self._w[H_RETIRED]:
+            self._reattach()
+
+    def _reattach(self) -> None:
+        name = self.name
+        self._detach()
+        self._bind(segment.open_segment(name, self._expected, REATTACH_WAIT_S))
+
     # -- opening and closing --------------------------------------------------------------
     @classmethod
     def open(
@@ -103,7 +123,7 @@ class FeatureCache:
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms}")
         expected = segment.Expected.of(Layout.compute(max_size, width), ttl_ms, FEATURE_VERSIONS)
-        return cls._from_segment(segment.open_segment(name, expected, wait_s))
+        return cls._from_segment(segment.open_segment(name, expected, wait_s), expected)
 
     @classmethod
     def attach(cls, name: str, *, wait_s: float = 5.0) -> FeatureCache:
@@ -115,9 +135,11 @@ class FeatureCache:
         return cls.open(settings.cache_name, settings.cache_max_size, settings.cache_ttl_ms)
 
     @classmethod
-    def _from_segment(cls, seg: segment.Segment) -> FeatureCache:
+    def _from_segment(
+        cls, seg: segment.Segment, expected: segment.Expected | None = None
+    ) -> FeatureCache:
         try:
-            return cls(seg)
+            return cls(seg, expected)
         except BaseException:
             seg.close()
             raise
@@ -126,6 +148,9 @@ class FeatureCache:
         """Detach. Never unlinks the segment (see `drop`)."""
         if self._closed:
             return
+        self._detach()
+
+    def _detach(self) -> None:
         self._closed = True
         try:
             with self._writer:
@@ -146,6 +171,8 @@ class FeatureCache:
     ) -> tuple[np.ndarray, int] | None:
         """(a copy of the full vector, its as_of_ms), or None; counts a hit or a miss
         (`count=False`: a peek; the caller counts with `count_lookups`)."""
+        if self._w[H_RETIRED]:
+            self._reattach()
         try:
             code, salt = VERSION_CODES[version]
         except KeyError:
@@ -232,6 +259,7 @@ class FeatureCache:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values m x width float64, NaN where missed; as_of_ms int64, -1 where missed;
         hit bool). Duplicates allowed; each lookup counts a hit or a miss."""
+        self._current()
         code, salt = version_code(version)
         keys = encode_ids(entity_ids)
         hashes = id_hashes(keys)
@@ -248,10 +276,12 @@ class FeatureCache:
 
     def generation(self, entity_id: str) -> int:
         """The entity's generation; read it BEFORE reading the data a vector is computed from."""
+        self._current()
         w = self._w
         return w[self._gen_w + (crc32(encode_id(entity_id)) & self._gen_mask)] + w[H_EPOCH]
 
     def generations(self, entity_ids: list[str]) -> np.ndarray:
+        self._current()
         hashes = id_hashes(encode_ids(entity_ids))
         index = (hashes & np.uint64(self._gen_mask)).astype(np.int64)
         return self._views.gens[index] + np.uint64(self._w[H_EPOCH])
@@ -261,6 +291,7 @@ class FeatureCache:
         self, version: str, entity_id: str, vector: np.ndarray, as_of_ms: int, generation: int
     ) -> bool:
         """Store the vector unless the entity was invalidated since `generation` was read."""
+        self._current()
         code, salt = version_code(version)
         key = encode_id(entity_id)
         values = self._full_rows(np.asarray(vector, dtype=_F64).reshape(1, -1))[0]
@@ -288,6 +319,7 @@ class FeatureCache:
     ) -> np.ndarray:
         """Store many vectors, each unless its entity was invalidated since its generation
         was read; returns which were stored. A later row of the same key overwrites."""
+        self._current()
         code, salt = version_code(version)
         keys = encode_ids(entity_ids)
         m = len(keys)
@@ -337,6 +369,7 @@ class FeatureCache:
         self.invalidate_many([entity_id])
 
     def invalidate_many(self, entity_ids: list[str]) -> None:
+        self._current()
         keys = encode_ids(entity_ids)
         hashes = id_hashes(keys)
         keymat = key_matrix(keys)
@@ -356,10 +389,12 @@ class FeatureCache:
 
     def clear(self) -> int:
         """Remove every entry and bump every generation; returns the live entries removed."""
+        self._current()
         with self._writer as wr:
             return wr.clear(time.time_ns() // 1_000_000)
 
     def stats(self) -> dict:
+        self._current()
         with self._writer as wr:
             return stats.snapshot(wr, time.time_ns() // 1_000_000, self.memory_bytes)
 

@@ -62,6 +62,14 @@ N <= EVICTION_WINDOW this is exact LRU; above, a sampled LRU over 8,192 consecut
 (entries sit in slots in no particular age order, so the window is a random sample: its
 oldest entry is, on average, within the oldest 1/8,192 of the cache).
 
+Retirement: `drop` (and an opener that finds a ready segment of the wrong size) sets
+H_RETIRED, then unlinks the name. Every FeatureCache checks H_RETIRED at the start of each
+operation and, when set, re-attaches by name (creating the new segment if it is first), so
+all processes of a stack move to the same new segment on their next access and no stale
+hit survives a drop. H_EPOCH starts at a random value in every new segment, so generations
+read from a retired segment never match a new one's (a vector computed before a drop is not
+stored after it).
+
 Creation: whoever opens first creates the file with O_CREAT|O_EXCL; everybody then takes
 the OFD lock on byte LOCK_INIT (polling until `wait_s` runs out); whoever holds it and
 finds no ready marker initialises (zero-fill, posix_fallocate so that the memory is
@@ -118,6 +126,7 @@ H_HIGH_WATER = 20  # slots [0, high water) have been handed out at least once
 H_HAND = 21  # start of the next eviction window
 H_WRITER = 22  # pid of the writer inside its critical section, 0 outside
 H_RECOVERIES = 23  # times a writer repaired a dead writer's half-done work
+H_RETIRED = 24  # 1 once the segment is dropped or found damaged: everybody re-attaches by name
 HEADER_WORDS = 512
 
 # Record offsets (bytes from the record start) and the covered-part formats.

@@ -23,9 +23,11 @@ from featurestore.config import FEATURE_VERSIONS
 from shm.errors import CacheError, CacheLayoutError, CacheTimeout
 from shm.layout import (
     H_CREATED_MS,
+    H_EPOCH,
     H_MAGIC,
     H_MAX_SIZE,
     H_READY,
+    H_RETIRED,
     H_TOTAL_BYTES,
     H_TTL_MS,
     H_VERSIONS_CRC,
@@ -92,12 +94,30 @@ def exists(name: str) -> bool:
 
 
 def drop(name: str) -> bool:
-    """Unlink segment `name`; True if it existed. Attached processes keep their mapping."""
+    """Retire segment `name` (attached processes re-attach on their next access) and unlink
+    it; True if it existed."""
+    path = segment_path(name)
     try:
-        os.unlink(segment_path(name))
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
+    try:
+        _retire(fd, path)
+    finally:
+        os.close(fd)
     return True
+
+
+def _retire(fd: int, path: str) -> None:
+    """Mark the open segment retired (if its header is there) and unlink its name, unless
+    the name already belongs to another file (someone re-created it)."""
+    if os.fstat(fd).st_size >= HEADER_WORDS * 8:
+        os.pwrite(fd, _WORD.pack(1), 8 * H_RETIRED)
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -118,16 +138,26 @@ class Expected:
         return cls.of(layout, header[H_TTL_MS], versions)
 
 
+class _Damaged(CacheError):
+    """A ready segment whose file is not the size its header says (truncated): retired."""
+
+
 def open_segment(name: str, expected: Expected | None, wait_s: float) -> Segment:
     """Create-or-attach `name`. With `expected` None, attach only and adopt the segment's
-    own layout (waiting, like everybody, for whoever initialises it)."""
+    own layout (waiting, like everybody, for whoever initialises it). A damaged segment is
+    retired and replaced by a new one."""
     deadline = time.monotonic() + wait_s
-    fd = _open_fd(segment_path(name), deadline, create=expected is not None)
-    try:
-        return _initialise_and_map(name, fd, expected, deadline)
-    except BaseException:
-        os.close(fd)
-        raise
+    while True:
+        fd = _open_fd(segment_path(name), deadline, create=expected is not None)
+        try:
+            return _initialise_and_map(name, fd, expected, deadline)
+        except _Damaged:
+            os.close(fd)
+            if expected is None or time.monotonic() >= deadline:
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 def _open_fd(path: str, deadline: float, *, create: bool) -> int:
@@ -166,6 +196,9 @@ def _initialise_and_map(name: str, fd: int, expected: Expected | None, deadline:
                 header = _read_header(fd)
                 created = True
             if _is_ready(header):
+                if header[H_RETIRED] or os.fstat(fd).st_size != header[H_TOTAL_BYTES]:
+                    _retire(fd, segment_path(name))
+                    raise _Damaged(f"cache {name!r} was dropped or truncated")
                 found = _validate(name, fd, header, expected)
                 mm = mmap.mmap(fd, found.layout.total_bytes, mmap.MAP_SHARED)
                 _map_every_page(mm)
@@ -212,6 +245,7 @@ def _initialise(fd: int, layout: Layout, header_fields: dict[int, int]) -> None:
             raise
     fields = dict(header_fields)
     fields[H_CREATED_MS] = time.time_ns() // 1_000_000
+    fields[H_EPOCH] = int.from_bytes(os.urandom(5), "little") << 8  # see "Retirement"
     for word, value in sorted(fields.items()):
         os.pwrite(fd, _WORD.pack(value), 8 * word)
     os.pwrite(fd, _WORD.pack(MAGIC), 8 * H_MAGIC)
@@ -234,9 +268,4 @@ def _validate(name: str, fd: int, header: list[int], expected: Expected | None) 
                 f"expects {value}; use the same settings everywhere or stop every "
                 f"process using it and drop it (`featurestore cache drop`)"
             )
-    size = os.fstat(fd).st_size
-    if size != header[H_TOTAL_BYTES]:
-        raise CacheLayoutError(
-            f"cache {name!r} is {size} bytes, its header says {header[H_TOTAL_BYTES]}"
-        )
     return expected

@@ -46,8 +46,12 @@ async def health(request: Request) -> HTTPResponse:
             "cache": "ok",
             "memory": {},
         }
+    servers = gw.metrics.live_pids()
+    body["gateway"] = {"alive": len(servers), "expected": gw.settings.gateway_workers}
+    if body["status"] == "ok" and len(servers) < gw.settings.gateway_workers:
+        body["status"] = "degraded"  # a dead HTTP server is being replaced
     body["uptime_s"] = body.get("uptime_s", 0.0)
-    body["memory"] = {**gateway_memory(gw.metrics.live_pids()), **body.get("memory", {})}
+    body["memory"] = {**gateway_memory(servers), **body.get("memory", {})}
     return json_response(body, 503 if body["status"] == "down" else 200)
 
 

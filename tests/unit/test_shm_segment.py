@@ -157,3 +157,46 @@ def test_layout_sections_are_aligned_and_disjoint():
     assert layout.meta_array_offset(6) + 8 * 10_000 <= layout.records_offset
     with pytest.raises(ValueError):
         Layout.compute(0, DEFAULT_WIDTH)
+
+
+# ------------------------------------------------------------------ retirement (SPEC §11)
+def test_a_drop_moves_every_attached_process_to_one_new_segment(cache_name):
+    # Given two attachments (two processes' views) with a cached vector
+    with (
+        FeatureCache.open(cache_name, 32, 1000) as reader,
+        FeatureCache.open(cache_name, 32, 1000) as writer,
+    ):
+        writer.put("v1", "e", np.full(DEFAULT_WIDTH, 1.0), 1, writer.generation("e"))
+        assert reader.get("v1", "e")[1] == 1
+        old_inode = os.stat(path(cache_name)).st_ino
+        # When the segment is dropped while both stay attached
+        assert drop(cache_name) is True
+        # Then the next access of each attaches the same new segment: the old vector is gone
+        # for both, and what one writes now the other reads
+        assert writer.get("v1", "e") is None
+        writer.put("v1", "e", np.full(DEFAULT_WIDTH, 2.0), 2, writer.generation("e"))
+        hit = reader.get("v1", "e")
+        assert hit is not None and hit[1] == 2 and hit[0][0] == 2.0
+        assert os.stat(path(cache_name)).st_ino != old_inode
+
+
+def test_a_generation_read_before_a_drop_is_stale_after_it(cache_name):
+    with FeatureCache.open(cache_name, 32, 1000) as cache:
+        before = cache.generations(["e"])
+        drop(cache_name)
+        # a vector computed from data read before the drop must not enter the new segment
+        assert not cache.put_many(
+            "v1", ["e"], np.ones((1, DEFAULT_WIDTH)), np.array([1]), before
+        ).any()
+        assert cache.get("v1", "e") is None
+
+
+def test_a_truncated_segment_is_replaced_not_a_start_up_error(cache_name):
+    with FeatureCache.open(cache_name, 32, 1000) as cache:
+        cache.put("v1", "e", np.ones(DEFAULT_WIDTH), 1, cache.generation("e"))
+        size = cache.memory_bytes
+    os.truncate(path(cache_name), size // 2)  # damaged behind everybody's back
+    with FeatureCache.open(cache_name, 32, 1000) as fresh:
+        assert fresh.created
+        assert fresh.get("v1", "e") is None
+        assert os.path.getsize(path(cache_name)) == size
