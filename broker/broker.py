@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from broker.clients import FLUSH_INTERVAL_MS, FRONTEND_SNDHWM, ClientBook
 from broker.pending import (
     BatchPending,
     GetPending,
@@ -34,7 +35,6 @@ from featurestore.features.registry import definitions
 from featurestore.logs import rid
 from featurestore.protocol import (
     EVENTS,
-    NOBLOCK,
     POLLIN,
     SERVICE_BROKER,
     SERVICE_DRIFT,
@@ -47,10 +47,11 @@ from featurestore.protocol import (
     ProtocolError,
     Reply,
     Request,
-    copy_small,
+    TooManyFrames,
     heartbeat_frames,
     job_frames,
     put_array,
+    recv_frames,
     unpack,
 )
 from featurestore.queries import parse_batch, parse_get, parse_historical, require_object
@@ -58,6 +59,8 @@ from featurestore.timestamps import now_ms
 from shm import FeatureCache
 
 log = logging.getLogger("broker")
+FRONTEND_RCVHWM = 100  # requests ZeroMQ queues per client while the loop is busy (backpressure)
+BACKEND_HWM = 100_000  # messages to and from the stack's own workers
 HARD_SIZE_FACTOR = 4  # ZeroMQ itself drops a peer sending frames over 4x ZMQ_MAXMSGSIZE
 RETRY_AFTER_S = 1
 MIN_SPLIT_CHUNK = 250
@@ -67,8 +70,16 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context = zmq.Context()
-        self.frontend = self._router(settings.broker_frontend, settings.zmq_maxmsgsize)
-        self.backend = self._router(settings.broker_backend, settings.zmq_maxmsgsize)
+        self.frontend = self._router(
+            settings.broker_frontend, settings.zmq_maxmsgsize, FRONTEND_SNDHWM, FRONTEND_RCVHWM
+        )
+        self.backend = self._router(
+            settings.broker_backend, settings.zmq_maxmsgsize, BACKEND_HWM, BACKEND_HWM
+        )
+        self.clients = ClientBook(
+            self.frontend, settings.broker_client_max_pending, settings.broker_client_max_bytes
+        )
+        self.malformed = {"frontend": 0, "backend": 0}
         self.cache = FeatureCache.from_settings(settings)
         self.interval_s = settings.heartbeat_interval_ms / 1000
         self.liveness_s = self.interval_s * settings.heartbeat_liveness
@@ -76,17 +87,17 @@ class Broker:
         self.queue: deque[Job] = deque()
         self.jobs: dict[bytes, Job] = {}
         self.pending: dict[tuple[bytes, str], Pending] = {}
-        self.status = BrokerStatus(settings, self.registry, self.cache)
+        self.status = BrokerStatus(settings, self.registry, self.cache, self.message_figures)
         self.next_heartbeat = time.monotonic() + self.interval_s
         self.stopping = False
         self.stop_deadline = 0.0
 
-    def _router(self, endpoints: str, max_bytes: int) -> zmq.Socket:
+    def _router(self, endpoints: str, max_bytes: int, sndhwm: int, rcvhwm: int) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        socket.setsockopt(zmq.SNDHWM, 100_000)
-        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.setsockopt(zmq.SNDHWM, sndhwm)
+        socket.setsockopt(zmq.RCVHWM, rcvhwm)
         socket.setsockopt(zmq.MAXMSGSIZE, max_bytes * HARD_SIZE_FACTOR)
         for endpoint in endpoints.split(","):
             socket.bind(endpoint.strip())
@@ -106,12 +117,16 @@ class Broker:
         )
         while not self.stopped():
             timeout = max(0, int((self.next_heartbeat - time.monotonic()) * 1000))
+            if self.clients.backlogged:
+                timeout = min(timeout, FLUSH_INTERVAL_MS)
             events = dict(poller.poll(timeout))
             if self.backend in events:
-                self._drain(self.backend, self.process_worker)
+                self._drain(self.backend, self.process_worker, "backend")
             if self.frontend in events:
-                self._drain(self.frontend, self.process_client, copy=True)
+                self._drain(self.frontend, self.process_client, "frontend", copy=True)
             self.dispatch()
+            if self.clients.backlogged:
+                self.clients.flush()
             if time.monotonic() >= self.next_heartbeat:
                 self.send_heartbeats()
                 self.purge_workers()
@@ -119,10 +134,27 @@ class Broker:
                 self.dispatch()
         self.close()
 
-    def _drain(self, socket: zmq.Socket, handler, limit: int = 256, copy: bool = False) -> None:
-        """Handle up to `limit` waiting messages without blocking."""
+    def _drain(
+        self, socket: zmq.Socket, handler, side: str, limit: int = 256, copy: bool = False
+    ) -> None:
+        """Handle up to `limit` waiting messages without blocking; a message of too many
+        frames is counted and dropped before any work (the front end answers it)."""
+        max_frames = self.settings.zmq_max_frames
         for _ in range(limit):
-            handler(socket.recv_multipart(copy=copy))
+            try:  # a ROUTER's messages start with the peer's identity: one frame more
+                frames = recv_frames(socket, max_frames + 1, copy)
+            except TooManyFrames as refused:
+                self.malformed[side] += 1
+                count = refused.count - 1
+                log.warning("%s message of %d frames dropped", side, count)
+                if side == "frontend":
+                    error = ProtocolError(
+                        f"a message of {count} frames; at most ZMQ_MAX_FRAMES ({max_frames})",
+                        _peek_request_id([bytes(f) for f in refused.kept[1:]]),
+                    )
+                    self.reply(bytes(refused.kept[0]), Reply.error(error.request_id, error))
+            else:
+                handler(frames)
             if not socket.getsockopt(EVENTS) & POLLIN:
                 return
 
@@ -158,11 +190,27 @@ class Broker:
                 )
             request = Request.decode(parts)
         except ProtocolError as error:
+            self.malformed["frontend"] += 1
             self.reply(client, Reply.error(error.request_id, error))
             return
         key = (client, request.request_id)
         if key in self.pending:
             return  # a retry of a request in progress: its answer is on the way
+        if not self.clients.has_room(client):
+            limit = self.settings.broker_client_max_pending
+            self.reply(
+                client,
+                Reply.error(
+                    request.request_id,
+                    ServiceError(
+                        Code.OVERLOADED,
+                        f"this connection has {limit} requests in progress "
+                        "(BROKER_CLIENT_MAX_PENDING); retry shortly",
+                        retry_after_s=RETRY_AFTER_S,
+                    ),
+                ),
+            )
+            return
         try:
             self.route(client, request)
         except ServiceError as error:
@@ -308,32 +356,47 @@ class Broker:
                 retry_after_s=RETRY_AFTER_S,
             )
         self.pending[(pending.client, pending.request_id)] = pending
+        self.clients.started(pending.client)
         self.queue.extend(jobs)
 
     def reply(self, client: bytes, reply: Reply) -> None:
-        try:
-            frames = [client, *reply.encode()]
-            self.frontend.send_multipart(frames, flags=NOBLOCK, copy=copy_small(frames))
-        except zmq.ZMQError as exc:  # the client is gone (ROUTER_MANDATORY) or not reading
-            log.info("%s reply dropped: %s", rid(reply.request_id), exc)
+        """Send (or queue, bounded) a reply; a client whose replies pile up loses them and
+        its requests in progress (ClientBook)."""
+        if not self.clients.send(client, reply.encode()):
+            self.cancel_client(client)
 
     def complete(self, pending: Pending, reply: Reply) -> None:
         if pending.done:
             return
-        pending.done = True
-        self.pending.pop((pending.client, pending.request_id), None)
+        self.forget(pending)
         self.reply(pending.client, reply)
+
+    def message_figures(self) -> dict:
+        return {"malformed": sum(self.malformed.values()), **self.clients.figures()}
+
+    def forget(self, pending: Pending) -> None:
+        pending.done = True
+        if self.pending.pop((pending.client, pending.request_id), None) is not None:
+            self.clients.finished(pending.client)
+
+    def cancel_client(self, client: bytes) -> None:
+        """Drop every request in progress of a client that stopped reading (their jobs are
+        skipped when they come up in the queue; late results are ignored)."""
+        for pending in [p for (c, _), p in self.pending.items() if c == client]:
+            self.forget(pending)
 
     # ---------------------------------------------------------------------- workers
     def process_worker(self, frames: list) -> None:
         """READY, HEARTBEAT or RESULT of a back-end peer; a malformed message is dropped (and
         logged), never a crash: the back end is a socket anyone on the host may connect to."""
         if len(frames) < 2:
+            self.malformed["backend"] += 1
             log.warning("back-end message of %d frame(s) dropped", len(frames))
             return
         try:
             self._process_worker(frames[0].bytes, frames[1].bytes, frames)
         except ProtocolError as error:
+            self.malformed["backend"] += 1
             log.warning("malformed back-end message dropped: %s", error.message)
 
     def _process_worker(self, identity: bytes, command: bytes, frames: list) -> None:

@@ -44,6 +44,7 @@ class Registry:
         self.idle: dict[str, deque[bytes]] = {SERVICE_FEATURES: deque(), SERVICE_DRIFT: deque()}
         self.retired_computes = 0
         self.retired_compute_ms = 0.0
+        self.retired_malformed = 0  # malformed jobs counted by workers that are gone
 
     def register(self, identity: bytes, service: str, worker_id: str, pid: int) -> WorkerState:
         state = WorkerState(identity, service, worker_id, pid, time.monotonic() + self.liveness_s)
@@ -78,6 +79,8 @@ class Registry:
         if state is not None:
             self.retired_computes += state.computes
             self.retired_compute_ms += state.compute_ms
+            if state.service == SERVICE_FEATURES:
+                self.retired_malformed += int(state.figures.get("malformed", 0))
             queue = self.idle.get(state.service)
             if queue is not None and identity in queue:
                 queue.remove(identity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -20,10 +21,17 @@ def rss_of(pid: int) -> int | None:
 
 
 class BrokerStatus:
-    def __init__(self, settings: Settings, registry: Registry, cache) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        cache,
+        messages: Callable[[], dict] | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
+        self.messages = messages or dict
         self.started = time.monotonic()
         self.pid = psutil.Process().pid
 
@@ -41,7 +49,19 @@ class BrokerStatus:
             "avg_compute_latency_ms": round(compute_ms / computes, 4) if computes else 0.0,
             "cache_stats": {k: cache[k] for k in CACHE_STATS_FIELDS},
             "workers": workers,
+            "messages": self.message_figures(),
         }
+
+    def message_figures(self) -> dict:
+        """Malformed messages dropped by each receiver, and replies the front end dropped
+        for clients that stopped reading (SPEC §11)."""
+        figures = dict(self.messages())
+        broker = figures.pop("malformed", 0)
+        workers = self.registry.retired_malformed + sum(
+            int(s.figures.get("malformed", 0)) for s in self.registry.alive(SERVICE_FEATURES)
+        )
+        drift = sum(int(s.figures.get("malformed", 0)) for s in self.registry.alive(SERVICE_DRIFT))
+        return {"malformed": {"broker": broker, "workers": workers, "drift": drift}, **figures}
 
     def drift_state(self) -> str:
         if not self.settings.enable_drift_monitoring:

@@ -24,9 +24,18 @@ from drift.monitor import DriftMonitor
 from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
+from featurestore.features.registry import REGISTRY
 from featurestore.logs import rid
-from featurestore.protocol import SERVICE_DRIFT, Op, Reply, get_array, unpack
-from workers.publisher import TOPIC_VECTORS
+from featurestore.protocol import (
+    SERVICE_DRIFT,
+    TOPIC_VECTORS,
+    Op,
+    ProtocolError,
+    Reply,
+    TooManyFrames,
+    decode_vectors,
+    recv_frames,
+)
 
 log = logging.getLogger("drift")
 TOPIC_REPORT = b"report"
@@ -55,13 +64,19 @@ class DriftService:
         self.link = BrokerLink(self.context, settings, SERVICE_DRIFT, "drift", self.figures)
         self.requests = BaselineRequests(settings, self.monitor)
         self.received = 0
+        self.malformed = 0
+        self.widths = {v: len(REGISTRY[v].features) for v in self.monitor.pairs}
         self.complete_pairs = self._complete_count()
         self.interval_s = settings.drift_check_interval_ms / 1000
         self.next_report = time.monotonic() + self.interval_s
         self.stopping = False
 
     def figures(self) -> dict:
-        return {"received": self.received, "dropped": self.monitor.dropped}
+        return {
+            "received": self.received,
+            "dropped": self.monitor.dropped,
+            "malformed": self.malformed,
+        }
 
     def _complete_count(self) -> int:
         return sum(p.complete for pairs in self.monitor.pairs.values() for p in pairs)
@@ -104,17 +119,20 @@ class DriftService:
         """Absorb every waiting vector message (up to `limit`), one matrix per version."""
         batches: dict[str, list[np.ndarray]] = defaultdict(list)
         taken = 0
+        max_frames = self.settings.zmq_max_frames
         while taken < limit and self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = self.sub.recv_multipart(copy=False)
             taken += 1
             try:
-                header = unpack(frames[1].buffer)
-                values = get_array([f.buffer for f in frames[2:]], header["values"])
-                self.monitor.count_sequence(str(header["worker_id"]), int(header["seq"]))
-            except (ValueError, KeyError, TypeError, IndexError, ServiceError):
-                log.warning("malformed vector message ignored")
+                frames = recv_frames(self.sub, max_frames)
+                worker_id, seq, version, values = decode_vectors(
+                    [f.buffer for f in frames], self.widths
+                )
+            except (TooManyFrames, ProtocolError) as exc:  # counted, dropped; never a crash
+                self.malformed += 1
+                log.warning("malformed vector message dropped: %s", exc)
                 continue
-            batches[header["version"]].append(values)
+            self.monitor.count_sequence(worker_id, seq)
+            batches[version].append(values)
         for version, parts in batches.items():
             matrix = parts[0] if len(parts) == 1 else np.concatenate(parts)
             self.received += matrix.shape[0]

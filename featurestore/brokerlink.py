@@ -20,11 +20,14 @@ from featurestore.protocol import (
     W_HEARTBEAT,
     W_JOB,
     Op,
+    ProtocolError,
     Reply,
+    TooManyFrames,
     copy_small,
     decode_job,
     heartbeat_frames,
     ready_frames,
+    recv_frames,
     result_frames,
 )
 
@@ -50,6 +53,7 @@ class BrokerLink:
         self.interval_s = settings.heartbeat_interval_ms / 1000
         self.liveness_s = self.interval_s * settings.heartbeat_liveness
         self.socket: zmq.Socket | None = None
+        self.malformed = 0  # messages from the broker that could not be decoded
         self.broker_expiry = 0.0
         self.next_heartbeat = 0.0
 
@@ -74,8 +78,13 @@ class BrokerLink:
 
     def receive_raw(self) -> list | None:
         """Read one message from the broker: the frames of a JOB, or None (heartbeat,
-        disconnect: handled here)."""
-        frames = self.socket.recv_multipart(copy=False)
+        disconnect: handled here; a message of too many frames: counted and dropped)."""
+        try:
+            frames = recv_frames(self.socket, self.settings.zmq_max_frames)
+        except TooManyFrames as refused:
+            self.malformed += 1
+            log.warning("a message of %d frames from the broker dropped", refused.count)
+            return None
         self.broker_expiry = time.monotonic() + self.liveness_s
         command = frames[0].bytes
         if command == W_JOB:
@@ -87,9 +96,24 @@ class BrokerLink:
         return None
 
     def receive(self) -> Job | None:
-        """Read one message from the broker; a decoded job to run, or None."""
+        """Read one message from the broker; a decoded job to run, or None (a malformed one
+        is counted, answered when its job id could be read, and dropped)."""
         frames = self.receive_raw()
-        return None if frames is None else decode_job([f.buffer for f in frames[1:]])
+        if frames is None:
+            return None
+        try:
+            return decode_job([f.buffer for f in frames[1:]])
+        except ProtocolError as error:
+            self.refuse(frames, error)
+            return None
+
+    def refuse(self, frames: list, error: ProtocolError) -> None:
+        """Count a malformed job and answer it with an error when it has a job id, so the
+        broker does not wait for it."""
+        self.malformed += 1
+        log.warning("malformed job dropped: %s", error.message)
+        if len(frames) >= 2:
+            self.send_result(frames[1].bytes, Reply.error("", error))
 
     def send_result(self, job_id: bytes, reply: Reply) -> None:
         frames = result_frames(job_id, reply)
@@ -106,6 +130,7 @@ class BrokerLink:
         if now >= self.next_heartbeat:
             figures = self.figures()
             figures.update(pid=os.getpid(), worker_id=self.worker_id, service=self.service)
+            figures["malformed"] = figures.get("malformed", 0) + self.malformed
             self.socket.send_multipart(heartbeat_frames(figures))
             self.next_heartbeat = now + self.interval_s
         return reconnected

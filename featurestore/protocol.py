@@ -37,6 +37,44 @@ NOBLOCK = int(zmq.NOBLOCK)
 ZERO_COPY_MIN_BYTES = 65_536  # below this, copying a frame is cheaper than zero-copy
 
 
+RCVMORE = int(zmq.RCVMORE)
+
+
+class TooManyFrames(Exception):
+    """A message with more frames than a receiver accepts (ZMQ_MAX_FRAMES); it was read to its
+    end and dropped, so the socket is ready for the next one."""
+
+    def __init__(self, count: int, limit: int, kept: list) -> None:
+        super().__init__(f"a message of {count} frames; at most ZMQ_MAX_FRAMES ({limit})")
+        self.count = count
+        self.kept = kept  # the first frames, enough to name the sender (ROUTER identity)
+
+
+def recv_frames(socket: zmq.Socket, max_frames: int, copy: bool = False) -> list:
+    """The next message of `socket`, checking its frame count before any other work: past
+    `max_frames` the rest is read without being kept (no list of millions of frames, about
+    0.5 µs per frame) and TooManyFrames is raised."""
+    recv = socket.recv
+    frames = [recv(0, copy)]
+    getsockopt = socket.getsockopt
+    while getsockopt(RCVMORE):
+        if len(frames) >= max_frames:
+            raise TooManyFrames(len(frames) + _discard_rest(socket), max_frames, frames[:2])
+        frames.append(recv(0, copy))
+    return frames
+
+
+def _discard_rest(socket: zmq.Socket) -> int:
+    """Read the remaining frames of the current message; how many."""
+    recv = socket.recv
+    frame = recv(0, False)
+    count = 1
+    while frame.more:
+        frame = recv(0, False)
+        count += 1
+    return count
+
+
 def copy_small(frames: list) -> bool:
     """The `copy` argument for send_multipart: copy unless a frame is large."""
     return all(len(f) < ZERO_COPY_MIN_BYTES for f in frames)
@@ -240,9 +278,19 @@ def job_frames(job_id: bytes, op: Op, payload: dict[str, Any], blocks: list) -> 
 
 
 def decode_job(frames: list) -> tuple[bytes, Op, dict[str, Any], list]:
-    """[job_id, header, *blocks] after the W_JOB command frame."""
-    op, payload = unpack(frames[1])
-    return bytes(frames[0]), Op(op), payload, list(frames[2:])
+    """[job_id, header, *blocks] after the W_JOB command frame; ProtocolError if malformed
+    (with the job id, when it could be read, as `request_id`)."""
+    if not frames:
+        raise ProtocolError("a job without a job id")
+    job_id = bytes(frames[0])
+    try:
+        op, payload = unpack(frames[1])
+        operation = Op(op)
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        raise ProtocolError("a job header is not [op, payload]", job_id.hex()) from None
+    if not isinstance(payload, dict):
+        raise ProtocolError("a job payload must be a map", job_id.hex())
+    return job_id, operation, payload, list(frames[2:])
 
 
 def result_frames(job_id: bytes, reply: Reply) -> list:
@@ -255,3 +303,39 @@ def ready_frames(service: str, worker_id: str, pid: int) -> list:
 
 def heartbeat_frames(figures: dict[str, Any] | None = None) -> list:
     return [W_HEARTBEAT, pack(figures or {})]
+
+
+# ------------------------------------------------------------ computed vectors (PUB/SUB)
+TOPIC_VECTORS = b"vectors"
+
+
+def vectors_frames(worker_id: str, seq: int, version: str, values: np.ndarray) -> list:
+    """[TOPIC_VECTORS, header, block]: one batch of full vectors a worker computed online."""
+    blocks: list = []
+    ref = put_array(blocks, values)
+    header = pack({"worker_id": worker_id, "seq": seq, "version": version, "values": ref})
+    return [TOPIC_VECTORS, header, *blocks]
+
+
+def decode_vectors(frames: list, widths: dict[str, int]) -> tuple[str, int, str, np.ndarray]:
+    """(worker id, seq, version, values) of a vector message; ProtocolError unless it is
+    well formed: a known version and a 2-D float64 block of that version's width."""
+    if len(frames) < 2:
+        raise ProtocolError("a vector message without its header")
+    try:
+        header = unpack(frames[1])
+        worker_id, seq, version = header["worker_id"], header["seq"], header["version"]
+        ref = header["values"]
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        raise ProtocolError("a vector header is not {worker_id, seq, version, values}") from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError("a vector message's seq must be a non-negative integer")
+    if not isinstance(version, str) or version not in widths:
+        raise ProtocolError(f"vectors of an unknown version {version!r}")
+    values = get_array(list(frames[2:]), ref)
+    if values.dtype != np.float64 or values.ndim != 2 or values.shape[1] != widths[version]:
+        raise ProtocolError(
+            f"{version} vectors must be a float64 block of {widths[version]} columns, "
+            f"got {values.dtype} {values.shape}"
+        )
+    return str(worker_id), seq, version, values

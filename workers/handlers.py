@@ -35,9 +35,11 @@ class Figures:
     compute_ms: float = 0.0
     ingested: int = 0
     errors: int = 0
+    malformed: int = 0
 
     def as_dict(self) -> dict:
         return {
+            "malformed": self.malformed,
             "jobs": self.jobs,
             "computes": self.computes,
             "compute_ms": round(self.compute_ms, 3),

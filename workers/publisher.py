@@ -13,9 +13,8 @@ import contextlib
 import numpy as np
 import zmq
 
-from featurestore.protocol import pack, put_array
+from featurestore.protocol import vectors_frames
 
-TOPIC_VECTORS = b"vectors"
 PUBLISH_HWM = 1000
 CONNECT_WAIT_S = 2.0  # at start, how long a worker waits for the drift process to accept it
 
@@ -49,15 +48,9 @@ class VectorPublisher:
         if self.socket is None or values.shape[0] == 0:
             return
         self.sequence += 1
-        blocks: list = []
-        ref = put_array(blocks, values)
-        header = pack(
-            {"worker_id": self.worker_id, "seq": self.sequence, "version": version, "values": ref}
-        )
+        frames = vectors_frames(self.worker_id, self.sequence, version, values)
         with contextlib.suppress(zmq.Again):  # dropped: the drift process sees the gap in seq
-            self.socket.send_multipart(
-                [TOPIC_VECTORS, header, *blocks], flags=zmq.NOBLOCK, copy=False
-            )
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
 
     def close(self) -> None:
         if self.socket is not None:

@@ -23,6 +23,7 @@ from featurestore.protocol import (
     POLLIN,
     SERVICE_FEATURES,
     W_JOB,
+    ProtocolError,
     Reply,
     copy_small,
     decode_job,
@@ -96,8 +97,13 @@ class ComputeThread(threading.Thread):
             store.close()
 
     def run_job(self, handlers: Handlers, frames: list) -> list:
-        job_id, op, payload, blocks = decode_job(frames)
-        request_id = payload.pop("request_id", "")
+        try:
+            job_id, op, payload, blocks = decode_job(frames)
+        except ProtocolError as error:  # counted and answered, never a dead compute thread
+            self.figures.malformed += 1
+            log.warning("malformed job dropped: %s", error.message)
+            return result_frames(bytes(frames[0]) if frames else b"", Reply.error("", error))
+        request_id = str(payload.pop("request_id", ""))
         try:
             reply = handlers.handle(op, payload, blocks, request_id)
         except Exception as exc:  # a bug: answer `internal`, keep serving
