@@ -128,6 +128,7 @@ class Broker:
             if self.clients.backlogged:
                 self.clients.flush()
             if time.monotonic() >= self.next_heartbeat:
+                self.cache.verify()
                 self.send_heartbeats()
                 self.purge_workers()
                 self.expire_requests()

@@ -99,12 +99,21 @@ class FeatureCache:
         self._closed = False
 
     def _current(self) -> None:
-        """Re-attach by name when this segment was retired (dropped, or found damaged)."""
-        if self._w[H_RETIRED]:
+        """Re-attach by name when this segment was retired (dropped, or found damaged), and
+        retire it first when its file is no longer its size (truncated under us: touching
+        the missing pages would kill this process with SIGBUS)."""
+        if self._w[H_RETIRED] or os.fstat(self._segment.fd).st_size != self.memory_bytes:
             self._reattach()
+
+    def verify(self) -> None:
+        """The checks of `_current`, for processes to run on a timer (the broker's heartbeat):
+        a damaged segment is replaced before anyone touches its missing pages."""
+        self._current()
 
     def _reattach(self) -> None:
         name = self.name
+        if os.fstat(self._segment.fd).st_size != self.memory_bytes:
+            segment.retire(self._segment.fd, segment.segment_path(name))
         self._detach()
         self._bind(segment.open_segment(name, self._expected, REATTACH_WAIT_S))
 

@@ -102,13 +102,13 @@ def drop(name: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        _retire(fd, path)
+        retire(fd, path)
     finally:
         os.close(fd)
     return True
 
 
-def _retire(fd: int, path: str) -> None:
+def retire(fd: int, path: str) -> None:
     """Mark the open segment retired (if its header is there) and unlink its name, unless
     the name already belongs to another file (someone re-created it)."""
     if os.fstat(fd).st_size >= HEADER_WORDS * 8:
@@ -197,7 +197,7 @@ def _initialise_and_map(name: str, fd: int, expected: Expected | None, deadline:
                 created = True
             if _is_ready(header):
                 if header[H_RETIRED] or os.fstat(fd).st_size != header[H_TOTAL_BYTES]:
-                    _retire(fd, segment_path(name))
+                    retire(fd, segment_path(name))
                     raise _Damaged(f"cache {name!r} was dropped or truncated")
                 found = _validate(name, fd, header, expected)
                 mm = mmap.mmap(fd, found.layout.total_bytes, mmap.MAP_SHARED)

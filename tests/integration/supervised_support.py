@@ -323,3 +323,63 @@ def http_post(settings: Settings, path: str, body: dict) -> tuple[int, dict]:
         return http_request(connection, "POST", path, body)
     finally:
         connection.close()
+
+
+# ---------------------------------------------------------------------- featurestore serve
+SERVING_LINE = "featurestore is serving on"
+
+
+class Served:
+    """`featurestore serve` (on the DATA_DIR's existing store) as a real subprocess in its own
+    session, its stdout and stderr in files; `close()` kills whatever is left of the stack."""
+
+    def __init__(self, settings: Settings, log_dir: Path, *args: str) -> None:
+        self.settings = settings
+        self.out_path = log_dir / f"serve-{uuid.uuid4().hex[:6]}.out"
+        self.err_path = self.out_path.with_suffix(".err")
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                [*featurestore_command(), "serve", *args],
+                env=service_env(self.settings),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
+
+    def wait_serving(self, timeout_s: float = RUNNING_TIMEOUT_S) -> Served:
+        def serving() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited ({self.process.returncode}): {self.output()}")
+            return SERVING_LINE in self.out_path.read_text(errors="replace")
+
+        wait_for(serving, timeout_s, "featurestore serve to say it is serving", 0.1)
+        return self
+
+    def wait_exit(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def pids(self) -> dict[str, int]:
+        """{program: pid} from supervisord, and "supervisord" itself."""
+        infos = process_info(self.settings)
+        pids = {name: info["pid"] for name, info in infos.items() if info["pid"]}
+        pids["supervisord"] = int(control(self.settings).supervisor.getPID())
+        return pids
+
+    def close(self, *, leftovers: bool = True) -> None:
+        """Stop serve (SIGTERM, then SIGKILL); then, unless `leftovers` is False (another
+        stack shares the DATA_DIR), kill every process still using its DATA_DIR."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=KILL_TIMEOUT_S)
+        if leftovers:
+            kill_leftovers(self.settings.data_dir)
