@@ -223,6 +223,37 @@ def _stats_lines(stats: dict) -> list[str]:
         "Average compute time per vector.",
         stats["avg_compute_latency_ms"],
     )
+    return lines + _message_lines(stats.get("messages", {}))
+
+
+def _message_lines(messages: dict) -> list[str]:
+    """What the receivers dropped (SPEC §11): malformed messages by process, and replies the
+    broker dropped for clients that stopped reading."""
+    if not messages:
+        return []
+    lines = [
+        "# HELP featurestore_malformed_messages_total Messages dropped as malformed, by receiver.",
+        "# TYPE featurestore_malformed_messages_total counter",
+    ]
+    for process, count in messages.get("malformed", {}).items():
+        lines.append(f"featurestore_malformed_messages_total{_labels(process=process)} {count}")
+    lines += _gauge(
+        "featurestore_dropped_replies_total",
+        "Replies dropped for ZeroMQ clients that stopped reading or went away.",
+        messages.get("dropped_replies", 0),
+        "counter",
+    )
+    lines += _gauge(
+        "featurestore_stalled_clients_total",
+        "ZeroMQ clients whose queued replies passed BROKER_CLIENT_MAX_BYTES.",
+        messages.get("stalled_clients", 0),
+        "counter",
+    )
+    lines += _gauge(
+        "featurestore_reply_backlog_bytes",
+        "Reply bytes the broker holds for clients that read slowly.",
+        messages.get("backlog_bytes", 0),
+    )
     return lines
 
 

@@ -292,6 +292,15 @@ def _schemas(settings: Settings) -> dict:
                         {"id": STRING, "computes": INTEGER, "avg_compute_latency_ms": NUMBER}
                     ),
                 },
+                "messages": _obj(
+                    {
+                        "malformed": {"type": "object", "additionalProperties": INTEGER},
+                        "dropped_replies": INTEGER,
+                        "stalled_clients": INTEGER,
+                        "backlogged_clients": INTEGER,
+                        "backlog_bytes": INTEGER,
+                    }
+                ),
             },
             [
                 "total_computes",

@@ -518,6 +518,14 @@ def test_metrics_are_prometheus_text_summed_over_gateway_processes(
     }
     assert responses[("features_definitions", "2xx")] == after
     assert responses[("features", "4xx")] >= 1
+    # what the receivers dropped is counted per process (SPEC §11)
+    malformed = {
+        labels["process"]
+        for name, labels, _ in samples
+        if name == "featurestore_malformed_messages_total"
+    }
+    assert malformed == {"broker", "workers", "drift"}
+    assert any(name == "featurestore_dropped_replies_total" for name, _, _ in samples)
     # one histogram per endpoint: cumulative buckets ending at +Inf == _count
     for endpoint in ENDPOINTS:
         buckets = [
