@@ -1,5 +1,7 @@
-"""What every role's entry point does first: read the settings, stop with EXIT_CONFIG naming
-a bad variable, set up logging; then run the role."""
+"""What every role's entry point does first: keep its files private, read the settings, stop
+with EXIT_CONFIG naming a bad variable, set up logging; then run the role. A store that is
+corrupt or not ours stops the role with one line and EXIT_DATA (supervisord does not restart
+it); one that cannot be opened now, with one line and EXIT_IOERR (it does)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,27 @@ import sys
 from collections.abc import Callable
 
 from featurestore.config import ConfigError, Settings
-from featurestore.exitcodes import EXIT_CONFIG, EXIT_OK
+from featurestore.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_IOERR, EXIT_OK
 from featurestore.logs import setup_logging
+from featurestore.permissions import restrict_new_files
+from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 
 
 def run_role(program: str, label: str, run: Callable[[Settings], None]) -> int:
     """Start role `label` (its log name) of `program` (its command name); an exit code."""
+    restrict_new_files()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"{program}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(label, settings.log_level)
-    run(settings)
+    try:
+        run(settings)
+    except StoreCorrupt as exc:
+        print(f"{program}: data error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_DATA
+    except StoreUnavailable as exc:
+        print(f"{program}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_IOERR
     return EXIT_OK

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from featurestore.config import Settings
 from featurestore.logs import PARENT_PID_VARIABLE
+from featurestore.permissions import private_dir
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 SOCKET_PATH_MAX = 100
@@ -43,7 +44,7 @@ def start_supervisord(
     settings: Settings, base_env: dict[str, str] | None = None, config: Path = CONFIG
 ) -> subprocess.Popen:
     """supervisord in the foreground (-n), in its own process group."""
-    Path(settings.data_dir, "logs").mkdir(parents=True, exist_ok=True)
+    private_dir(Path(settings.data_dir, "logs"))  # 0700 (DATA_DIR too), whatever our umask
     return subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config)],
         env=supervisor_env(settings, base_env),

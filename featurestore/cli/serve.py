@@ -92,6 +92,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     if _port_open(host, settings.port):
         raise CommandError(f"port {settings.port} is already in use (another service running?)")
+    # Pre-flight: a corrupt or foreign store is reported here in one line (and migrated here).
+    open_store(settings.data_dir, request_id_retention_ms=settings.request_id_retention_ms).close()
     if args.demo:
         _fill_demo(settings)
     stop = threading.Event()
