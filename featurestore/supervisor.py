@@ -15,7 +15,7 @@ from pathlib import Path
 
 from featurestore.config import Settings
 from featurestore.logs import PARENT_PID_VARIABLE
-from featurestore.permissions import private_dir
+from featurestore.permissions import PRIVATE_UMASK, private_dir
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 SOCKET_PATH_MAX = 100
@@ -52,6 +52,7 @@ def start_supervisord(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        umask=PRIVATE_UMASK,  # its own files: logs, pid file, socket (nodaemon ignores umask=)
     )
 
 
