@@ -1,7 +1,7 @@
 """A corrupt or foreign store file (SPEC §11) stops every process that opens it with one clear
-line and EXIT_DATA, never a traceback and never a crash loop: a compute worker, the CLI
-commands, `featurestore serve` (before it starts supervisord), and a worker under supervisord
-(which does not restart it forever).
+line and EXIT_DATA, never a traceback and never a crash loop: a compute worker (at start, or
+when it finds damage while serving), the CLI commands, `featurestore serve` (before it starts
+supervisord), and a worker under supervisord (which does not restart it forever).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from supervised_support import (
 )
 
 from featurestore.config import Settings
+from featurestore.errors import Code, ServiceError
 from featurestore.exitcodes import EXIT_DATA
-from featurestore.launcher import wait_for
-from featurestore.store.sqlite import DB_FILENAME
+from featurestore.launcher import Stack, wait_for
+from featurestore.store.sqlite import DB_FILENAME, PAGE_SIZE
+from featurestore.timestamps import now_ms
 
 STARTRETRIES = 3  # supervisord.conf
 NOT_A_DATABASE = b"entity_id,timestamp,value\nuser_1,1700000000000,1.5\n" * 64
@@ -85,6 +87,46 @@ def test_a_worker_on_a_bad_store_exits_65_with_one_line(settings: Settings, kind
     assert "Traceback" not in done.stderr + done.stdout
     assert_one_line(done.stderr, "featurestore-worker", path, problem)
     assert kind != "not a database" or path.read_bytes() == NOT_A_DATABASE
+
+
+def test_a_worker_that_finds_its_store_damaged_answers_and_stops_with_one_line(
+    tmp_path: Path,
+) -> None:
+    # Given a running worker whose store holds 10,000 entities, all in the main file
+    stack = Stack(tmp_path / "data", workers=1, autorestart=False).start()
+    try:
+        with stack.client() as fs:
+            events = [
+                {"entity_id": f"d{i}", "timestamp": now_ms() - 1000, "value": 1.0}
+                for i in range(10_000)
+            ]
+            fs.ingest(events)
+            path = stack.data_dir / DB_FILENAME
+            conn = sqlite3.connect(path)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+
+            # When its pages are overwritten in place and a request reads them
+            with path.open("r+b") as handle:
+                handle.seek(2 * PAGE_SIZE)
+                damaged = path.stat().st_size - 3 * PAGE_SIZE
+                handle.write((bytes(range(256)) * (damaged // 256 + 1))[:damaged])
+            with pytest.raises(ServiceError) as raised:
+                fs.batch([f"d{i}" for i in range(0, 10_000, 7)])
+
+        # Then the request is answered store_unavailable (corrupt), and the worker exits
+        # EXIT_DATA with one line
+        assert raised.value.code is Code.STORE_UNAVAILABLE
+        assert "corrupt" in raised.value.message
+        worker = stack.processes["worker-0"].process
+        assert worker.wait(timeout=COMMAND_TIMEOUT_S) == EXIT_DATA
+        last = stack.log_tail("worker-0", 1)
+        assert last.startswith(
+            f"featurestore-worker: data error: {path}: the SQLite file is damaged"
+        )
+        assert "Traceback" not in stack.log_tail("worker-0", 100)
+    finally:
+        stack.stop()
 
 
 def test_cli_commands_on_a_non_database_print_one_line_and_exit_65(
