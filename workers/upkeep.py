@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from featurestore.store.base import STORE_OK, STORE_UNAVAILABLE, EventStore
@@ -53,8 +54,8 @@ class StoreUpkeep:
 
     def timeout_ms(self) -> int:
         """How long the worker may wait for a job before some upkeep is due."""
-        due = self.next_prune if self.available else min(self.next_prune, self.next_check)
-        return max(0, int((due - time.monotonic()) * 1000))
+        due = self.next_prune if self.available else self.next_check  # no pruning meanwhile
+        return max(0, math.ceil((due - time.monotonic()) * 1000))
 
     def run_due(self) -> None:
         """Whatever is due now (bounded work). StoreCorrupt propagates: the worker stops."""
