@@ -159,7 +159,7 @@ class Handlers:
             self.settings.events_max_per_request,
             self.settings.max_event_future_ms,
         )
-        result = self.store.ingest(columns, request_id=request_id)
+        result = self.store.ingest(columns, request_id=request_id or None)  # "": no key
         self.cache.invalidate_many(result.entity_ids)  # after the commit: read your writes
         if not result.replayed:
             self.upkeep.wrote()
