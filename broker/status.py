@@ -11,6 +11,7 @@ from broker.registry import Registry
 from featurestore.config import Settings
 from featurestore.protocol import SERVICE_DRIFT, SERVICE_FEATURES, Op
 from featurestore.results import CACHE_STATS_FIELDS
+from featurestore.store.base import STORE_OK, STORE_UNAVAILABLE
 
 
 def rss_of(pid: int) -> int | None:
@@ -72,9 +73,10 @@ class BrokerStatus:
         workers = self.registry.alive(SERVICE_FEATURES)
         expected = self.settings.max_workers
         drift = self.drift_state()
+        store = _store_state(workers)
         if not workers:
             status = "down"
-        elif len(workers) < expected or drift == "down":
+        elif len(workers) < expected or drift == "down" or store != STORE_OK:
             status = "degraded"
         else:
             status = "ok"
@@ -89,6 +91,7 @@ class BrokerStatus:
             "broker": "ok",
             "drift": drift,
             "cache": "ok",
+            "store": store,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "memory": {name: rss for name, rss in memory.items() if rss is not None},
         }
@@ -100,3 +103,10 @@ class BrokerStatus:
             "message": "drift monitoring is disabled",
             "operation": op.value,
         }
+
+
+def _store_state(workers: list) -> str:
+    """`unavailable` while any worker's last heartbeat says its store cannot take writes."""
+    if any(w.figures.get("store") == STORE_UNAVAILABLE for w in workers):
+        return STORE_UNAVAILABLE
+    return STORE_OK

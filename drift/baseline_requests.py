@@ -19,6 +19,7 @@ from featurestore.features.registry import REGISTRY
 from featurestore.files import FileError, file_format, read_chunks
 from featurestore.offline import STATUS_OK, VERSION_METADATA_KEY
 from featurestore.queries import check_fields, invalid, require_object
+from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreError
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import format_iso, now_ms
 
@@ -35,7 +36,10 @@ class BaselineRequests:
     @property
     def store(self):
         if self._store is None:
-            self._store = open_store(self.settings.data_dir)
+            self._store = open_store(
+                self.settings.data_dir,
+                request_id_retention_ms=self.settings.request_id_retention_ms,
+            )
         return self._store
 
     def handle(self, body: Any) -> dict:
@@ -54,7 +58,14 @@ class BaselineRequests:
                 "monitoring_since": format_iso(now_ms()),
             }
         if action == "entity_ids":
-            return self._from_entities(body.get("entity_ids"), versions)
+            try:
+                return self._from_entities(body.get("entity_ids"), versions)
+            except StoreError as exc:  # disk trouble or a corrupt file: not a bug of ours
+                raise ServiceError(
+                    Code.STORE_UNAVAILABLE,
+                    f"the event store is unavailable ({exc.problem})",
+                    retry_after_s=STORE_RETRY_AFTER_S,
+                ) from None
         return self._from_file(body.get("path"), body.get("version"))
 
     def _versions(self, version: Any) -> list[str]:

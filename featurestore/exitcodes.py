@@ -12,6 +12,7 @@ EXIT_USAGE = 2  # wrong arguments (argparse's own code), or interrupted
 EXIT_NOT_FOUND = 3  # `featurestore features`: the entity has no events by then
 EXIT_DATA = 65  # EX_DATAERR: a corrupt or foreign store file, an unknown schema
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: another stack holds this DATA_DIR
+EXIT_IOERR = 74  # EX_IOERR: the store cannot be written now (disk full, an I/O error)
 EXIT_CONFIG = 78  # EX_CONFIG: an invalid setting, definitions or key file
 
 # Exits that a supervisor must not answer by restarting the program.

@@ -1,6 +1,9 @@
-"""What every role's entry point does first: read the settings (stop with EXIT_CONFIG naming
-a bad variable), die with its parent, set up logging, check its stack's claim on DATA_DIR
-(stop with EXIT_UNAVAILABLE naming the other stack); then run the role."""
+"""What every role's entry point does first: keep its files private, read the settings (stop
+with EXIT_CONFIG naming a bad variable), die with its parent, set up logging, check its
+stack's claim on DATA_DIR (stop with EXIT_UNAVAILABLE naming the other stack); then run the
+role. A store that is corrupt or not ours stops the role with one line and EXIT_DATA
+(supervisord does not restart it); one that cannot be opened now, with one line and
+EXIT_IOERR (it does)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import sys
 from collections.abc import Callable
 
 from featurestore.config import ConfigError, Settings
-from featurestore.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
+from featurestore.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE
 from featurestore.logs import setup_logging
+from featurestore.permissions import restrict_new_files
 from featurestore.processes import die_with_parent
 from featurestore.stacklock import StackBusy, claimed_stack
+from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 
 
 def run_role(
@@ -24,6 +29,7 @@ def run_role(
     """Start role `label` (its log name) of `program` (its command name); an exit code.
 
     `root_when_alone`: this role holds the DATA_DIR lock when no stack root started it."""
+    restrict_new_files()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -35,6 +41,12 @@ def run_role(
         with claimed_stack(settings.data_dir, label, root_when_alone=root_when_alone):
             run(settings)
     except StackBusy as exc:
-        print(f"{program}: {exc}", file=sys.stderr)
+        print(f"{program}: {exc}", file=sys.stderr, flush=True)
         return EXIT_UNAVAILABLE
+    except StoreCorrupt as exc:
+        print(f"{program}: data error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_DATA
+    except StoreUnavailable as exc:
+        print(f"{program}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_IOERR
     return EXIT_OK

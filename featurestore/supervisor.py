@@ -15,6 +15,7 @@ from pathlib import Path
 
 from featurestore.config import Settings
 from featurestore.exitcodes import FINAL_EXIT_CODES
+from featurestore.permissions import PRIVATE_UMASK, private_dir
 from featurestore.processes import PARENT_PID_VARIABLE
 from featurestore.stacklock import OWNER_VARIABLE
 
@@ -56,7 +57,7 @@ def start_supervisord(
 ) -> subprocess.Popen:
     """supervisord in the foreground (-n), in its own process group, dying with its parent
     (so every program dies with it in turn)."""
-    Path(settings.data_dir, "logs").mkdir(parents=True, exist_ok=True)
+    private_dir(Path(settings.data_dir, "logs"))  # 0700 (DATA_DIR too), whatever our umask
     return subprocess.Popen(
         [
             sys.executable,
@@ -77,6 +78,7 @@ def start_supervisord(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        umask=PRIVATE_UMASK,  # its own files: logs, pid file, socket (nodaemon ignores umask=)
     )
 
 

@@ -29,7 +29,7 @@ class Gateway:
     started: float
     definitions_json: bytes
     openapi_json: bytes
-    in_flight: dict[str, tuple[Op, asyncio.Future]] = field(default_factory=dict)
+    in_flight: dict[str, tuple[Op, asyncio.Future, dict]] = field(default_factory=dict)
     repeats: Iterator[int] = field(default_factory=lambda: itertools.count(2))
 
     @classmethod
@@ -53,19 +53,21 @@ class Gateway:
 
         X-Request-Id comes from callers, who may send one id on several requests at once. The
         client matches replies by request id, so two of them in flight would take each other's
-        answers. An ingest whose id is in flight for another ingest is its retry: it takes that
-        answer (the store would give it too, storing nothing); its id is its idempotency key,
-        so it never changes. Other operations get a distinct id that starts with the caller's.
+        answers. An ingest whose id is in flight for an ingest of the same events is its retry:
+        it takes that answer (the store would give it too, storing nothing); with other events
+        it waits for that one to end and is then sent, for the store to judge (a conflict).
+        Its id is its idempotency key, so it never changes. Other operations get a distinct id
+        that starts with the caller's.
         """
         if op is Op.INGEST:
-            retried = await self._ingest_in_flight(request_id)
+            retried = await self._ingest_in_flight(request_id, payload)
             if retried is not None:
                 retried.raise_for_error()
                 return retried
         else:
             request_id = self._free_id(request_id)
         done = asyncio.get_running_loop().create_future()
-        self.in_flight[request_id] = (op, done)
+        self.in_flight[request_id] = (op, done, payload)
         try:
             reply = await self.client.request(op, payload, request_id, timeout_ms=timeout_ms)
         except asyncio.CancelledError:
@@ -82,13 +84,14 @@ class Gateway:
         reply.raise_for_error()
         return reply
 
-    async def _ingest_in_flight(self, request_id: str) -> Reply | None:
-        """The reply of the ingest in flight with this id; None once the id is free."""
+    async def _ingest_in_flight(self, request_id: str, payload: dict) -> Reply | None:
+        """The reply of the ingest of the same payload in flight with this id; None once the
+        id is free."""
         while (running := self.in_flight.get(request_id)) is not None:
-            op, done = running
-            if op is Op.INGEST:
+            op, done, sent = running
+            if op is Op.INGEST and sent == payload:
                 return await asyncio.shield(done)
-            await asyncio.wait({done})  # another operation holds the id for a moment
+            await asyncio.wait({done})  # another operation or body holds the id for a moment
         return None
 
     def _free_id(self, request_id: str) -> str:

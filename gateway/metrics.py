@@ -267,6 +267,12 @@ def _health_lines(health: dict) -> list[str]:
         "# TYPE featurestore_drift_up gauge",
         f"featurestore_drift_up {dict(ok=1, down=0, disabled=-1)[health['drift']]}",
     ]
+    if "store" in health:
+        lines += _gauge(
+            "featurestore_store_up",
+            "Event store takes writes (1), or not (0: disk full, I/O errors).",
+            int(health["store"] == "ok"),
+        )
     lines += [
         "# HELP featurestore_process_rss_bytes Resident memory per process.",
         "# TYPE featurestore_process_rss_bytes gauge",

@@ -66,9 +66,10 @@ ERROR_DESCRIPTIONS = {
     "unknown_feature or unknown_version",
     404: "entity_not_found (single /features) or not_found (no such route)",
     405: "method_not_allowed",
+    409: "request_id_conflict (an ingest request id used before with a different body)",
     413: "body_too_large or batch_too_large",
     500: "internal",
-    503: "overloaded (with Retry-After) or no_workers",
+    503: "overloaded or store_unavailable (both with Retry-After), or no_workers",
     504: "timeout",
 }
 
@@ -369,6 +370,7 @@ def _schemas(settings: Settings) -> dict:
                 "broker": {"type": "string", "enum": ["ok", "down"]},
                 "drift": {"type": "string", "enum": ["ok", "down", "disabled"]},
                 "cache": {"type": "string", "enum": ["ok", "down"]},
+                "store": {"type": "string", "enum": ["ok", "unavailable"]},
                 "uptime_s": NUMBER,
                 "memory": {"type": "object", "additionalProperties": INTEGER},
             },
@@ -410,7 +412,7 @@ def openapi_document(settings: Settings) -> dict:
             "post": _operation(
                 "Ingest events (idempotent by event_id and X-Request-Id)",
                 _ref("IngestResponse"),
-                errors_write,
+                (*errors_write, 409),
                 _ref("Events"),
             )
         },

@@ -2,7 +2,13 @@
 
 Online computations read the entities' cache generations BEFORE reading the store, and write
 the cache only if no invalidation happened since, so a vector computed from stale data is
-never stored. Ingest and delete invalidate after their commit.
+never stored. Ingest and delete invalidate after their commit; a replayed ingest (its request
+id was committed before) invalidates too, because the attempt that committed may have died
+before it did.
+
+A store that cannot take writes (disk full) answers 503 `store_unavailable` with
+`retry_after_s`, and the worker reports it in its figures until it recovers (upkeep.py).
+A corrupt store raises `StoreCorrupt` out of here: the worker stops (`EXIT_DATA`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from featurestore.features.engine import FeatureMatrix, compute
 from featurestore.logs import rid
 from featurestore.protocol import Op, Reply, get_array, put_array
 from featurestore.queries import entity_id_of, invalid
-from featurestore.store.base import EventStore
+from featurestore.store.base import STORE_OK, EventStore
+from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreUnavailable
 from featurestore.validation import validate_events
 from workers.publisher import VectorPublisher
+from workers.upkeep import StoreUpkeep
 
 log = logging.getLogger("worker")
 
@@ -36,6 +44,7 @@ class Figures:
     ingested: int = 0
     errors: int = 0
     malformed: int = 0
+    store: str = STORE_OK  # STORE_OK | STORE_UNAVAILABLE
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +54,7 @@ class Figures:
             "compute_ms": round(self.compute_ms, 3),
             "ingested": self.ingested,
             "errors": self.errors,
+            "store": self.store,
         }
 
 
@@ -62,6 +72,7 @@ class Handlers:
         self.cache = cache
         self.publisher = publisher
         self.figures = figures or Figures()
+        self.upkeep = StoreUpkeep(store, self.figures)
 
     def handle(self, op: Op, payload: dict, blocks: list, request_id: str) -> Reply:
         self.figures.jobs += 1
@@ -79,6 +90,15 @@ class Handlers:
             raise ServiceError(Code.INVALID_REQUEST, f"workers do not handle {op.value!r}")
         except ServiceError as error:
             return Reply.error(request_id, error)
+        except StoreUnavailable as error:
+            self.upkeep.failed(error)
+            unavailable = ServiceError(
+                Code.STORE_UNAVAILABLE,
+                f"the event store is unavailable ({error.problem}); nothing was stored, "
+                "try again later",
+                retry_after_s=STORE_RETRY_AFTER_S,
+            )
+            return Reply.error(request_id, unavailable)
 
     def _compute(self, entity_ids: list[str], as_of, version: str) -> tuple[FeatureMatrix, dict]:
         """The features, and the figures the broker adds to its statistics."""
@@ -141,15 +161,18 @@ class Handlers:
             self.settings.events_max_per_request,
             self.settings.max_event_future_ms,
         )
-        result = self.store.ingest(columns, request_id=request_id)
+        result = self.store.ingest(columns, request_id=request_id or None)  # "": no key
         self.cache.invalidate_many(result.entity_ids)  # after the commit: read your writes
-        self.figures.ingested += result.accepted
+        if not result.replayed:
+            self.upkeep.wrote()
+        self.figures.ingested += result.stored_now
         return Reply(request_id, result.body())
 
     def delete(self, payload: dict, request_id: str) -> Reply:
         entity_id = entity_id_of(payload.get("entity_id"))
         deleted = self.store.delete(entity_id)
         self.cache.invalidate(entity_id)
+        self.upkeep.wrote()
         return Reply(request_id, {"deleted_events": deleted})
 
 

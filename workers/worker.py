@@ -4,7 +4,12 @@ The main thread owns the broker connection (READY, heartbeats both ways, reconne
 computes, so a long job does not silence the heartbeats: the broker tells a busy worker from a
 dead one. Jobs and results cross to the compute thread over an inproc PAIR socket as raw
 frames. The compute thread owns everything a job touches (event store connection, cache
-instance, drift publisher), one job at a time.
+instance, drift publisher), one job at a time, and between jobs the store's upkeep (pruning
+of expired request ids, recovery after a full disk: upkeep.py).
+
+A store found corrupt (at start or later) stops the worker: the job in hand is answered
+`store_unavailable`, the compute thread tells the main thread (FAILED), and `run` raises the
+StoreCorrupt, which `run_role` turns into one line and `EXIT_DATA` (not restarted).
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ from featurestore.protocol import (
     decode_job,
     result_frames,
 )
+from featurestore.store.errors import StoreCorrupt
 from featurestore.store.sqlite import open_store
 from shm import FeatureCache
 from workers.handlers import Figures, Handlers
 from workers.publisher import CONNECT_WAIT_S, VectorPublisher
+from workers.upkeep import StoreUpkeep
 
 log = logging.getLogger("worker")
 STOP = b"stop"
+FAILED = b"failed"  # compute thread -> main thread: the store is corrupt, stop
 
 
 class ComputeThread(threading.Thread):
@@ -63,7 +71,10 @@ class ComputeThread(threading.Thread):
         pair.setsockopt(zmq.LINGER, 0)
         pair.connect(self.address)
         try:
-            store = open_store(self.settings.data_dir)
+            store = open_store(
+                self.settings.data_dir,
+                request_id_retention_ms=self.settings.request_id_retention_ms,
+            )
             cache = FeatureCache.from_settings(self.settings)
             publisher = VectorPublisher(
                 self.context,
@@ -71,11 +82,11 @@ class ComputeThread(threading.Thread):
                 self.worker_id,
                 self.settings.enable_drift_monitoring,
             )
-        except BaseException as exc:
+        except BaseException as exc:  # the main thread raises it (no thread traceback)
             self.failure = exc
             self.ready.set()
             pair.close(linger=0)
-            raise
+            return
         handlers = Handlers(self.settings, store, cache, publisher, self.figures)
         if not publisher.wait_connected(CONNECT_WAIT_S):
             log.warning(
@@ -84,17 +95,39 @@ class ComputeThread(threading.Thread):
             )
         self.ready.set()
         try:
-            while True:
-                frames = pair.recv_multipart(copy=False)
-                if frames[0].bytes == STOP:
-                    break
-                reply_frames = self.run_job(handlers, [f.buffer for f in frames])
-                pair.send_multipart(reply_frames, copy=copy_small(reply_frames))
+            self.serve(pair, handlers)
         finally:
             pair.close(linger=0)
             publisher.close()
             cache.close()
             store.close()
+
+    def serve(self, pair: zmq.Socket, handlers: Handlers) -> None:
+        """Jobs until STOP; the store's upkeep while none comes and after each reply."""
+        upkeep = handlers.upkeep
+        told = False
+        while True:
+            if self.failure is None and not pair.poll(upkeep.timeout_ms(), POLLIN):
+                self.run_upkeep(upkeep)
+            else:
+                frames = pair.recv_multipart(copy=False)
+                if frames[0].bytes == STOP:
+                    break
+                reply_frames = self.run_job(handlers, [f.buffer for f in frames])
+                pair.send_multipart(reply_frames, copy=copy_small(reply_frames))
+                self.run_upkeep(upkeep)
+            if self.failure is not None and not told:
+                pair.send(FAILED)
+                told = True
+
+    def run_upkeep(self, upkeep: StoreUpkeep) -> None:
+        if self.failure is not None:
+            return
+        try:
+            upkeep.run_due()
+        except StoreCorrupt as exc:
+            log.error("%s", exc)
+            self.failure = exc
 
     def run_job(self, handlers: Handlers, frames: list) -> list:
         try:
@@ -105,7 +138,17 @@ class ComputeThread(threading.Thread):
             return result_frames(bytes(frames[0]) if frames else b"", Reply.error("", error))
         request_id = str(payload.pop("request_id", ""))
         try:
+            if self.failure is not None:
+                raise self.failure
             reply = handlers.handle(op, payload, blocks, request_id)
+        except StoreCorrupt as exc:
+            if self.failure is None:
+                log.error("%s %s: %s", rid(request_id), op.value, exc)
+                self.failure = exc
+            refused = ServiceError(
+                Code.STORE_UNAVAILABLE, f"the event store is corrupt: {exc.problem}"
+            )
+            reply = Reply.error(request_id, refused)
         except Exception as exc:  # a bug: answer `internal`, keep serving
             log.exception("%s %s failed", rid(request_id), op.value)
             self.figures.errors += 1
@@ -156,6 +199,8 @@ class Worker:
                 poller.unregister(socket)
                 poller.register(self.link.socket, POLLIN)
         self.close()
+        if self.compute.failure is not None:
+            raise self.compute.failure  # run_role: one line, EXIT_DATA
 
     def take_message(self) -> None:
         frames = self.link.receive_raw()
@@ -171,6 +216,9 @@ class Worker:
 
     def forward_result(self) -> None:
         frames = self.pair.recv_multipart(copy=False)
+        if frames[0].bytes == FAILED:
+            self.stopping = True
+            return
         self.busy = False
         self.link.socket.send_multipart(frames, copy=False)
 

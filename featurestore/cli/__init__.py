@@ -1,4 +1,8 @@
-"""`featurestore`: the command line. One module per command, each with `add_parser` and `run`."""
+"""`featurestore`: the command line. One module per command, each with `add_parser` and `run`.
+
+Every failure a user can act on is one line `featurestore <command>: ...` and an exit code
+(featurestore/exitcodes.py), never a traceback: a bad setting (EXIT_CONFIG), a corrupt or
+foreign store file (EXIT_DATA), a store that cannot be written now (EXIT_IOERR)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ from collections.abc import Sequence
 from featurestore.cli import bench, cache, demo, entity, generate, ingest, serve
 from featurestore.cli.common import CommandError, load_settings
 from featurestore.config import ConfigError
-from featurestore.exitcodes import EXIT_CONFIG, EXIT_USAGE
+from featurestore.errors import ServiceError
+from featurestore.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_USAGE
+from featurestore.permissions import restrict_new_files
+from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 
 COMMANDS = (demo, ingest, generate, entity, serve, cache, bench)
 
@@ -26,20 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    restrict_new_files()  # what a command creates (the store, its outputs) is 0600 / 0700
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args)
         return int(args.run(args, settings) or 0)
-    except ConfigError as exc:
-        print(f"featurestore: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except CommandError as exc:
-        print(f"featurestore {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (ConfigError, CommandError, StoreCorrupt, StoreUnavailable, ServiceError) as exc:
+        message, code = failure(args.command, exc)
+        print(message, file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("featurestore: interrupted", file=sys.stderr)
         return EXIT_USAGE
+
+
+def failure(command: str, exc: Exception) -> tuple[str, int]:
+    """The one line and the exit code of a failure the user can act on."""
+    if isinstance(exc, ConfigError):
+        return f"featurestore: configuration error: {exc}", EXIT_CONFIG
+    if isinstance(exc, CommandError):
+        return f"featurestore {command}: {exc}", exc.exit_code
+    if isinstance(exc, StoreCorrupt):
+        return f"featurestore {command}: data error: {exc}", EXIT_DATA
+    if isinstance(exc, StoreUnavailable):
+        return f"featurestore {command}: {exc}", EXIT_IOERR
+    if isinstance(exc, ServiceError):  # e.g. request_id_conflict from the store
+        return f"featurestore {command}: {exc.code.value}: {exc.message}", EXIT_FAILURE
+    raise TypeError(f"not a user-facing failure: {exc!r}")
 
 
 if __name__ == "__main__":

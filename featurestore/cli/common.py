@@ -1,4 +1,5 @@
-"""What the CLI commands share: exit codes, the --data-dir option, settings, progress bars."""
+"""What the CLI commands share: exit codes, the --data-dir option, settings, the event store,
+progress bars."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_FAILURE
+from featurestore.store.sqlite import SqliteEventStore, open_store
 
 
 class CommandError(Exception):
@@ -36,6 +38,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "data_dir", None):
         env["DATA_DIR"] = args.data_dir
     return Settings.from_env(env)
+
+
+def open_event_store(settings: Settings) -> SqliteEventStore:
+    """The store of DATA_DIR with the service's request id retention. StoreCorrupt and
+    StoreUnavailable reach `main`, which prints them as one line."""
+    return open_store(settings.data_dir, request_id_retention_ms=settings.request_id_retention_ms)
 
 
 @contextmanager

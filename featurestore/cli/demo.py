@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featurestore.cli.common import CommandError, common_options, progress_bar, running_cache
+from featurestore.cli.common import (
+    CommandError,
+    common_options,
+    open_event_store,
+    progress_bar,
+    running_cache,
+)
 from featurestore.config import Settings
 from featurestore.demo import ENTITY_LIST, MEAN_EVENTS, default_end_ms, write_demo
-from featurestore.store.sqlite import open_store
 from featurestore.timestamps import TimestampError, format_iso, now_ms, parse_timestamp
 
 
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except TimestampError as exc:
         raise CommandError(f"--end: {exc}") from None
     data_dir = Path(settings.data_dir)
-    store = open_store(data_dir)
+    store = open_event_store(settings)
     try:
         with (
             running_cache(settings) as invalidate,

@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import orjson
 
-from featurestore.cli.common import CommandError, common_options, running_cache
+from featurestore.cli.common import CommandError, common_options, open_event_store, running_cache
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_NOT_FOUND
 from featurestore.features.engine import compute
 from featurestore.features.vectors import VectorView
-from featurestore.store.sqlite import open_store
 from featurestore.timestamps import TimestampError, now_ms, parse_timestamp
 from featurestore.validation import identifier_problem
 
@@ -55,7 +54,7 @@ def run_features(args: argparse.Namespace, settings: Settings) -> int:
     if version not in settings.versions:
         raise CommandError(f"unknown version {version!r}; valid: {', '.join(settings.versions)}")
     as_of = _as_of(args.as_of)
-    store = open_store(settings.data_dir)
+    store = open_event_store(settings)
     try:
         batch = store.read([args.entity_id])
         matrix = compute(batch, np.zeros(1, dtype=np.int64), as_of, version, store.category_names())
@@ -84,7 +83,7 @@ def run_features(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_delete(args: argparse.Namespace, settings: Settings) -> int:
     _check_entity(args.entity_id)
-    store = open_store(settings.data_dir)
+    store = open_event_store(settings)
     try:
         deleted = store.delete(args.entity_id)
     finally:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from featurestore.cli.common import CommandError, common_options, progress_bar
+from featurestore.cli.common import CommandError, common_options, open_event_store, progress_bar
 from featurestore.config import Settings
 from featurestore.files import FileError, count_rows, file_format
 from featurestore.offline import generate_file, select_features
-from featurestore.store.sqlite import open_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         file_format(args.output)
         total = count_rows(args.rows)
-        store = open_store(settings.data_dir)
+        store = open_event_store(settings)
         try:
             with progress_bar(total, "rows", "generate") as advance:
                 summary = generate_file(

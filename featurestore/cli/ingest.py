@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from featurestore.cli.common import CommandError, common_options, progress_bar, running_cache
+from featurestore.cli.common import (
+    CommandError,
+    common_options,
+    open_event_store,
+    progress_bar,
+    running_cache,
+)
 from featurestore.config import Settings
 from featurestore.files import FileError, count_rows
 from featurestore.ingest_file import ingest_file
-from featurestore.store.sqlite import open_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
-    store = open_store(settings.data_dir)
+    store = open_event_store(settings)
     try:
         total = count_rows(args.file)
         with (

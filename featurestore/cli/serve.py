@@ -131,6 +131,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with _take_data_dir(settings) as lock:
         if _port_open(host, settings.port):
             raise CommandError(f"port {settings.port} is already in use (another service?)")
+        # Pre-flight: a corrupt or foreign store is reported here in one line (and migrated
+        # here, once, before any worker opens it).
+        open_store(
+            settings.data_dir, request_id_retention_ms=settings.request_id_retention_ms
+        ).close()
         if args.demo:
             _fill_demo(settings)
         return _serve(settings, lock)

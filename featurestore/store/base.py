@@ -2,7 +2,8 @@
 
 A store keeps each entity's events durably, in a layout read in bulk into an `EventBatch`,
 assigns sequence numbers, `ingested_at` and category labels, and makes ingest idempotent by
-event id and by request id in the same transaction.
+event id and by request id in the same transaction. Failures that are not bugs are the
+`StoreUnavailable` and `StoreCorrupt` of `featurestore/store/errors.py`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from typing import Protocol
 from featurestore.store.batch import EventBatch
 from featurestore.validation import EventColumns
 
+# A store's state as a worker reports it in its heartbeat figures (and /health shows it).
+STORE_OK = "ok"
+STORE_UNAVAILABLE = "unavailable"
+
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What an ingest stored. `entity_ids` are the entities whose cached vectors are stale."""
+    """What an ingest stored. `entity_ids` are the entities whose cached vectors are stale:
+    those that got events, or for a replayed request every entity of the request."""
 
     accepted: int
     duplicates: int
@@ -62,6 +68,14 @@ class EventStore(Protocol):
 
     def compact(self, entity_ids: Sequence[str] | None = None) -> int:
         """Rewrite entities stored in several pieces into one (reads get faster)."""
+        ...
+
+    def prune_requests(self, limit: int = ...) -> int:
+        """Forget up to `limit` request ids older than the retention; how many."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a write would succeed now."""
         ...
 
     def close(self) -> None: ...

@@ -1,6 +1,6 @@
 """The embedded event store: SQLite in WAL mode, events packed per entity as NumPy records.
 
-Layout (the durable source of truth):
+Layout (the durable source of truth; the schema, its checks and migrations: `schema.py`):
 - `segments(entity_id, first_seq, n, events BLOB, event_ids TEXT)`: each ingest appends, per
   entity it touches, one segment holding that entity's new events as packed `EVENT_DTYPE`
   records sorted by (ts, seq), and their event ids joined by newlines (ids cannot contain
@@ -8,16 +8,20 @@ Layout (the durable source of truth):
   in the same transaction, so a read is a handful of blob fetches per entity and never one
   Python object per event.
 - `entities(entity_id, n_events, n_segments)`, `event_ids(event_id)` (idempotency by event id),
-  `requests(request_id, response)` (idempotency by request id), `categories(label, name)`,
-  `meta(key, value)` (the next sequence number).
+  `requests(request_id, created_ms, digest, accepted, duplicates)` (idempotency by request id,
+  `requests.py`), `categories(label, name)`, `meta(key, value)` (the next sequence number).
 
 Writers serialise on SQLite's write lock (BEGIN IMMEDIATE) and retry until a deadline, so
-"database is locked" never reaches a caller; readers never block in WAL mode.
+"database is locked" never reaches a caller; readers never block in WAL mode. Every other
+SQLite failure that is not a bug becomes `StoreUnavailable` (disk full: the transaction is
+rolled back whole) or `StoreCorrupt` (not a database, not ours, damaged): `errors.py`.
+The file and its -wal/-shm are created 0600 (SQLite gives those two the mode of the file).
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -28,108 +32,115 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from featurestore.config import VARIABLES
+from featurestore.permissions import create_private_file, private_dir
+from featurestore.store import requests
 from featurestore.store.base import IngestResult
 from featurestore.store.batch import EVENT_DTYPE, NO_CATEGORY, EventBatch
+from featurestore.store.errors import StoreCorrupt, StoreError, StoreUnavailable
+from featurestore.store.schema import check_identity, ensure_schema
+from featurestore.store.segments import (
+    ID_SEPARATOR,
+    MAX_SEGMENTS,
+    append_segments,
+    compact_entities,
+    merge_segments,
+)
+from featurestore.store.sqlite_errors import is_busy, store_error
 from featurestore.timestamps import now_ms
 from featurestore.validation import EventColumns
 
 DB_FILENAME = "events.sqlite3"
-SCHEMA_VERSION = 1
 PAGE_SIZE = 16384
-MAX_SEGMENTS = 8
 COMPACT_BATCH = 2000
 BUSY_TIMEOUT_MS = 2000
 LOCK_DEADLINE_S = 120.0
-REQUEST_RETENTION_MS = 7 * 86_400_000
-ID_SEPARATOR = "\n"
+DEFAULT_REQUEST_ID_RETENTION_MS: int = VARIABLES["REQUEST_ID_RETENTION_MS"].default
+MIN_FREE_BYTES = 8 * 1024 * 1024  # below this the store does not call itself writable again
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS categories (label INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS entities (
-    entity_id TEXT PRIMARY KEY, n_events INTEGER NOT NULL, n_segments INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS segments (
-    entity_id TEXT NOT NULL, first_seq INTEGER NOT NULL, n INTEGER NOT NULL,
-    events BLOB NOT NULL, event_ids TEXT NOT NULL, UNIQUE (entity_id, first_seq)
-);
-CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL, response BLOB NOT NULL
-) WITHOUT ROWID;
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', 1), ('next_seq', 1);
-"""
-_JSON_IDS = "(SELECT value FROM json_each(?))"  # a JSON array parameter as a set of ids
 _INSERT_IDS = "{verb} INTO event_ids (event_id) SELECT value FROM json_each(?) ORDER BY 1"
-_INSERT_SEGMENT = (
-    "INSERT INTO segments (entity_id, first_seq, n, events, event_ids) VALUES (?, ?, ?, ?, ?)"
-)
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (a clear, operator-facing message)."""
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 class SqliteEventStore:
     """The SQLite event store of one `DATA_DIR`; one connection per process (or thread)."""
 
-    def __init__(self, data_dir: str | Path) -> None:
-        directory = Path(data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / DB_FILENAME
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-        )
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS,
+    ) -> None:
+        self.path = Path(data_dir) / DB_FILENAME
+        self.request_id_retention_ms = request_id_retention_ms
         self._names: list[str] = []
         self._labels: dict[str, int] = {}
-        self._retry(self._initialise)
+        try:
+            private_dir(self.path.parent)
+            create_private_file(self.path)  # before SQLite creates it with the umask's mode
+        except OSError as exc:
+            raise StoreUnavailable(self.path, f"cannot create the store: {exc.strerror}") from exc
+        self._conn = self._retry(self._connect)
+        try:
+            self._retry(self._initialise)
+        except BaseException:
+            self._conn.close()
+            raise
 
     # ----------------------------------------------------------------- connection plumbing
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+
     def _initialise(self) -> None:
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        check_identity(conn, self.path)  # before anything writes to a file that is not ours
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # effective only on a new database
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-            raise StoreError(f"{self.path}: cannot switch SQLite to WAL mode")
+            raise StoreUnavailable(self.path, "cannot switch SQLite to WAL mode")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA mmap_size=1073741824")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[
-                0
-            ]
+            ensure_schema(conn, self.path, self._retention_cutoff_ms())
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        if version != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+
+    def _retention_cutoff_ms(self) -> int:
+        """Request ids stored before this are forgotten."""
+        return now_ms() - self.request_id_retention_ms
+
+    def _rollback(self) -> None:
+        """End a failed transaction (SQLite may have rolled it back already, e.g. on a full
+        disk); a failing ROLLBACK cannot hide the error that brought us here."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     def _retry(self, operation: Callable[[], T]) -> T:
-        """Run `operation`, retrying while another process holds the lock, until a deadline."""
+        """Run `operation`, retrying while another process holds the lock, until a deadline;
+        a SQLite failure that is not a bug becomes StoreUnavailable or StoreCorrupt."""
         deadline = time.monotonic() + LOCK_DEADLINE_S
         while True:
             try:
                 return operation()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
+            except sqlite3.Error as exc:
+                if is_busy(exc) and time.monotonic() <= deadline:
+                    self._rollback()
+                    continue
+                error = store_error(exc, self.path)
+                if error is None:
                     raise
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                self._rollback()
+                raise error from exc
 
     def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `body` in one write transaction (BEGIN IMMEDIATE ... COMMIT), retried when busy."""
+        """Run `body` in one write transaction (BEGIN IMMEDIATE ... COMMIT), retried when busy.
+        Any failure rolls the whole transaction back."""
 
         def attempt() -> T:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -137,8 +148,7 @@ class SqliteEventStore:
                 result = body(self._conn)
                 self._conn.execute("COMMIT")
             except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                self._rollback()
                 self._forget_categories()  # labels cached in a rolled-back transaction
                 raise
             return result
@@ -152,27 +162,28 @@ class SqliteEventStore:
     def ingest(
         self, events: EventColumns, request_id: str | None = None, *, compact: bool = True
     ) -> IngestResult:
-        """Store validated events atomically; duplicates by event id and request id skipped.
+        """Store validated events atomically; duplicates by event id skipped. A request id
+        seen before with the same events returns the original answer and stores nothing;
+        with other events it is a `request_id_conflict` (requests.py).
 
         `compact=False` leaves long segment chains for a later `compact()` (bulk loads)."""
-        return self._write(lambda conn: self._ingest(conn, events, request_id, compact))
+        digest = None if request_id is None else requests.events_digest(events)
+        return self._write(lambda conn: self._ingest(conn, events, request_id, digest, compact))
 
     def _ingest(
         self,
         conn: sqlite3.Connection,
         events: EventColumns,
         request_id: str | None,
+        digest: bytes | None,
         compact: bool,
     ) -> IngestResult:
+        now = now_ms()
         if request_id is not None:
-            row = conn.execute(
-                "SELECT response FROM requests WHERE request_id = ?", (request_id,)
-            ).fetchone()
-            if row is not None:
-                saved = orjson.loads(row[0])
-                return IngestResult(
-                    saved["accepted"], saved["duplicates"], saved["entity_ids"], replayed=True
-                )
+            cutoff = now - self.request_id_retention_ms
+            replay = requests.replayed(conn, request_id, digest, events.entity_id, cutoff)
+            if replay is not None:
+                return replay
         keep = self._new_event_mask(conn, events.event_id)
         entity_ids = np.asarray(events.entity_id, dtype=object)[keep]
         labels = self._labels_for(conn, np.asarray(events.category, dtype=object)[keep])
@@ -182,22 +193,14 @@ class SqliteEventStore:
         records = np.empty(n_new, dtype=EVENT_DTYPE)
         records["ts"] = events.ts[keep]
         records["seq"] = np.arange(first_seq, first_seq + n_new, dtype=np.int64)
-        records["ingested_at"] = now_ms()
+        records["ingested_at"] = now
         records["value"] = events.value[keep]
         records["category"] = labels
         event_ids = np.asarray(events.event_id, dtype=object)[keep]
-        touched = self._append_segments(conn, entity_ids, records, event_ids, compact)
+        touched = append_segments(conn, entity_ids, records, event_ids, compact)
         result = IngestResult(n_new, len(events) - n_new, touched)
         if request_id is not None:
-            saved = {
-                "accepted": result.accepted,
-                "duplicates": result.duplicates,
-                "entity_ids": touched,
-            }
-            conn.execute(
-                "INSERT INTO requests (request_id, created_ms, response) VALUES (?, ?, ?)",
-                (request_id, now_ms(), orjson.dumps(saved)),
-            )
+            requests.record(conn, request_id, digest, result, now)
         return result
 
     def _new_event_mask(
@@ -259,82 +262,6 @@ class SqliteEventStore:
             self._names.append(name)
             self._labels[name] = label
 
-    def _append_segments(
-        self,
-        conn: sqlite3.Connection,
-        entity_ids: np.ndarray,
-        records: np.ndarray,
-        event_ids: np.ndarray,
-        compact: bool,
-    ) -> list[str]:
-        """Append one segment per entity (records sorted by ts, seq); compact long chains."""
-        if records.size == 0:
-            return []
-        codes, uniques = pd.factorize(entity_ids)
-        order = np.lexsort((records["seq"], records["ts"], codes))
-        records = records[order]
-        codes = codes[order]
-        counts = np.bincount(codes, minlength=len(uniques))
-        bounds = np.concatenate(([0], np.cumsum(counts)))
-        first_seqs = np.minimum.reduceat(records["seq"], bounds[:-1]).tolist()
-        id_text = _ids_per_entity(event_ids[order], codes, len(uniques))
-        blob = records.tobytes()
-        size = EVENT_DTYPE.itemsize
-        touched = [str(u) for u in uniques]
-        spans = bounds.tolist()
-        conn.executemany(
-            _INSERT_SEGMENT,
-            (
-                (
-                    entity,
-                    first_seqs[i],
-                    spans[i + 1] - spans[i],
-                    blob[spans[i] * size : spans[i + 1] * size],
-                    id_text[i],
-                )
-                for i, entity in enumerate(touched)
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO entities (entity_id, n_events, n_segments) VALUES (?, ?, 1) "
-            "ON CONFLICT (entity_id) DO UPDATE SET n_events = n_events + excluded.n_events, "
-            "n_segments = n_segments + 1",
-            zip(touched, counts.tolist(), strict=True),
-        )
-        if compact:
-            self._compact(conn, self._long_chains(conn, touched))
-        return touched
-
-    def _long_chains(self, conn: sqlite3.Connection, entity_ids: list[str]) -> list[str]:
-        rows = conn.execute(
-            "SELECT entity_id FROM entities WHERE n_segments > ? "
-            "AND entity_id IN (SELECT value FROM json_each(?))",
-            (MAX_SEGMENTS, orjson.dumps(entity_ids)),
-        ).fetchall()
-        return [r[0] for r in rows]
-
-    def _compact(self, conn: sqlite3.Connection, entity_ids: list[str]) -> None:
-        """Merge every segment of each entity into one (inside the current transaction)."""
-        if not entity_ids:
-            return
-        payload = orjson.dumps(entity_ids)
-        rows = conn.execute(
-            "SELECT entity_id, first_seq, events, event_ids FROM segments "
-            "WHERE entity_id IN (SELECT value FROM json_each(?)) ORDER BY entity_id, first_seq",
-            (payload,),
-        ).fetchall()
-        merged = []
-        for entity, group in itertools.groupby(rows, key=lambda r: r[0]):
-            parts = list(group)
-            events = _merge_segments([p[2] for p in parts])
-            ids = ID_SEPARATOR.join(p[3] for p in parts if p[3])
-            merged.append((entity, parts[0][1], events.size, events.tobytes(), ids))
-        conn.execute(f"DELETE FROM segments WHERE entity_id IN {_JSON_IDS}", (payload,))
-        conn.executemany(_INSERT_SEGMENT, merged)
-        conn.execute(
-            f"UPDATE entities SET n_segments = 1 WHERE entity_id IN {_JSON_IDS}", (payload,)
-        )
-
     def compact(self, entity_ids: Sequence[str] | None = None) -> int:
         """Compact every entity with more than one segment (or those given); how many."""
 
@@ -345,7 +272,7 @@ class SqliteEventStore:
             else:
                 targets = list(entity_ids)
             for start in range(0, len(targets), COMPACT_BATCH):
-                self._compact(conn, targets[start : start + COMPACT_BATCH])
+                compact_entities(conn, targets[start : start + COMPACT_BATCH])
             return len(targets)
 
         return self._write(body)
@@ -370,7 +297,7 @@ class SqliteEventStore:
                 packed[entity] = parts[0][1]
             else:
                 parts.sort()
-                packed[entity] = _merge_segments([p[1] for p in parts]).tobytes()
+                packed[entity] = merge_segments([p[1] for p in parts]).tobytes()
         batch = EventBatch.from_records(list(entity_ids), [packed.get(e, b"") for e in entity_ids])
         return batch if as_of_ms is None else batch.until(as_of_ms)
 
@@ -416,32 +343,48 @@ class SqliteEventStore:
 
         return self._write(body)
 
-    def prune_requests(self, older_than_ms: int = REQUEST_RETENTION_MS) -> int:
-        """Forget request ids older than the retention (their retries are long over)."""
-        cutoff = now_ms() - older_than_ms
-        return self._write(
-            lambda conn: (
-                conn.execute("DELETE FROM requests WHERE created_ms < ?", (cutoff,)).rowcount
+    def prune_requests(self, limit: int = requests.PRUNE_BATCH) -> int:
+        """Forget up to `limit` request ids older than the retention (their retries are long
+        over), oldest first; how many. Takes the write lock only when there is work."""
+        cutoff = self._retention_cutoff_ms()
+        if not self._retry(lambda: requests.has_expired(self._conn, cutoff)):
+            return 0
+        return self._write(lambda conn: requests.prune(conn, cutoff, limit))
+
+    def check_writable(self) -> None:
+        """StoreUnavailable unless the store's file system has room (MIN_FREE_BYTES) and a
+        small write commits: how a store that hit a full disk finds out it may write again."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError as exc:
+            raise StoreUnavailable(self.path, f"cannot use the store: {exc.strerror}") from exc
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise StoreUnavailable(
+                self.path, f"cannot write: only {free:,} bytes free on its file system"
+            )
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('write_checked_ms', ?)",
+                (now_ms(),),
             )
         )
 
 
-def _ids_per_entity(event_ids: np.ndarray, codes: np.ndarray, n_entities: int) -> list[str]:
-    """Each entity's event ids joined by ID_SEPARATOR ("" where it has none); `codes` sorted."""
-    present = pd.notna(event_ids)
-    if not present.any():
-        return [""] * n_entities
-    ids = event_ids[present].tolist()
-    bounds = np.searchsorted(codes[present], np.arange(n_entities + 1)).tolist()
-    return [ID_SEPARATOR.join(ids[bounds[i] : bounds[i + 1]]) for i in range(n_entities)]
+def open_store(
+    data_dir: str | Path, *, request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS
+) -> SqliteEventStore:
+    """The event store of a data directory (created on first use); StoreCorrupt if the file
+    there is not a usable store, StoreUnavailable if it cannot be opened now."""
+    return SqliteEventStore(data_dir, request_id_retention_ms=request_id_retention_ms)
 
 
-def _merge_segments(blobs: list[bytes]) -> np.ndarray:
-    """Segments (each sorted by ts, seq; in sequence order) merged into (ts, seq) order."""
-    merged = np.frombuffer(b"".join(blobs), dtype=EVENT_DTYPE)
-    return merged[np.argsort(merged["ts"], kind="stable")]
-
-
-def open_store(data_dir: str | Path) -> SqliteEventStore:
-    """The event store of a data directory (created on first use)."""
-    return SqliteEventStore(data_dir)
+__all__ = [
+    "DB_FILENAME",
+    "MAX_SEGMENTS",
+    "SqliteEventStore",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+]

@@ -423,20 +423,13 @@ def test_definitions(api: httpx.Client, openapi: dict) -> None:
 def test_health(api: httpx.Client, openapi: dict) -> None:
     body = ok_json(api.get("/health"))
     conforms(openapi, "Health", body)
-    assert set(body) == {
-        "status",
-        "workers",
-        "gateway",
-        "broker",
-        "drift",
-        "cache",
-        "uptime_s",
-        "memory",
-    }
+    fields = {"status", "workers", "gateway", "broker", "drift", "cache", "store"}
+    assert set(body) == {*fields, "uptime_s", "memory"}
     assert body["status"] == "ok"
     assert body["workers"] == {"alive": 2, "expected": 2}
     assert body["gateway"] == {"alive": 2, "expected": 2}  # GATEWAY_WORKERS HTTP servers
     assert (body["broker"], body["drift"], body["cache"]) == ("ok", "disabled", "ok")
+    assert body["store"] == "ok"
     assert type(body["uptime_s"]) is float
     assert body["uptime_s"] > 0
     names = {"gateway", "gateway-0", "gateway-1", "broker", "worker-0", "worker-1"}

@@ -1,6 +1,6 @@
 """The SQLite event store (SPEC §3) on real files: ordering, sequence numbers, reads as of T,
-compaction, idempotency by event id and request id, category labels, delete, and two
-processes writing at once."""
+compaction, idempotency by event id (by request id: test_store_requests.py), category labels,
+delete, and two processes writing at once."""
 
 from __future__ import annotations
 
@@ -283,47 +283,7 @@ def test_events_without_ids_are_never_duplicates(store: SqliteEventStore) -> Non
     assert rows(store.read(["a"]), 0)["value"] == [1.0, 1.0]
 
 
-def test_repeated_request_id_returns_the_first_answer_and_stores_nothing(
-    store: SqliteEventStore, tmp_path: Path
-) -> None:
-    first = store.ingest(
-        columns([ev("a", T0, 1.0, "x", "e1"), ev("b", T0, 2.0, "y"), ev("a", T0, 3.0, "x", "e1")]),
-        request_id="req-1",
-    )
-    assert (first.accepted, first.duplicates, first.replayed) == (2, 1, False)
-    snapshot = (store.counts(), store.category_names(), store.read(["a", "b", "c"]).value.tolist())
-
-    replay = store.ingest(
-        columns([ev("c", T0, 9.0, "new"), ev("a", T0 + 9, 9.0, event_id="e9")]),
-        request_id="req-1",
-    )
-    assert replay.replayed is True
-    assert (replay.accepted, replay.duplicates) == (2, 1)
-    assert replay.entity_ids == first.entity_ids == ["a", "b"]
-    assert replay.body() == first.body()
-    assert (
-        store.counts(),
-        store.category_names(),
-        store.read(["a", "b", "c"]).value.tolist(),
-    ) == snapshot
-
-    reopened = SqliteEventStore(tmp_path / "data")
-    try:
-        again = reopened.ingest(columns([ev("c", T0, 1.0)]), request_id="req-1")
-        assert again.replayed and again.body() == first.body()
-    finally:
-        reopened.close()
-    # The event id of the replayed (ignored) request was not consumed either.
-    assert store.ingest(columns([ev("a", T0 + 9, 9.0, event_id="e9")])).accepted == 1
-    fresh = store.ingest(columns([ev("c", T0, 1.0)]), request_id="req-2")
-    assert (fresh.accepted, fresh.replayed) == (1, False)
-
-
-def test_pruned_request_ids_are_forgotten(store: SqliteEventStore) -> None:
-    store.ingest(columns([ev("a", T0, 1.0)]), request_id="old")
-    assert store.prune_requests(older_than_ms=-60_000) == 1
-    assert store.ingest(columns([ev("a", T0, 1.0)]), request_id="old").replayed is False
-    assert store.prune_requests() == 0
+# Replays, conflicts, pruning and the schema migration of request ids: test_store_requests.py
 
 
 # --------------------------------------------------------------------------------- labels
