@@ -29,6 +29,7 @@ from broker.pending import (
 from broker.registry import Registry, WorkerState
 from broker.status import BrokerStatus
 from featurestore.config import Settings
+from featurestore.curve import Domain, ZapServer
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import definitions
 from featurestore.logs import rid
@@ -67,8 +68,13 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context = zmq.Context()
-        self.frontend = self._router(settings.broker_frontend, settings.zmq_maxmsgsize)
-        self.backend = self._router(settings.broker_backend, settings.zmq_maxmsgsize)
+        self.zap = ZapServer.start(self.context, settings)
+        self.frontend = self._router(
+            settings.broker_frontend, settings.zmq_maxmsgsize, Domain.FRONTEND
+        )
+        self.backend = self._router(
+            settings.broker_backend, settings.zmq_maxmsgsize, Domain.BACKEND
+        )
         self.cache = FeatureCache.from_settings(settings)
         self.interval_s = settings.heartbeat_interval_ms / 1000
         self.liveness_s = self.interval_s * settings.heartbeat_liveness
@@ -81,8 +87,9 @@ class Broker:
         self.stopping = False
         self.stop_deadline = 0.0
 
-    def _router(self, endpoints: str, max_bytes: int) -> zmq.Socket:
+    def _router(self, endpoints: str, max_bytes: int, domain: Domain) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
+        self.zap.secure(socket, domain)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         socket.setsockopt(zmq.SNDHWM, 100_000)
@@ -140,6 +147,7 @@ class Broker:
         self.frontend.close(linger=0)
         self.backend.close(linger=0)
         self.cache.close()
+        self.zap.stop()
         self.context.term()
 
     # ---------------------------------------------------------------------- clients

@@ -8,6 +8,7 @@ one-line message and exit code `EXIT_CONFIG`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -219,6 +220,27 @@ class Settings:
             )
         if self.drift_min_current > self.drift_window_size:
             raise ConfigError("DRIFT_MIN_CURRENT: must not exceed DRIFT_WINDOW_SIZE")
+        if not self.allow_insecure_bind:
+            self._refuse_exposed_binds()
+
+    def _refuse_exposed_binds(self) -> None:
+        """A non-loopback address without authentication is refused (SPEC §11)."""
+        if not self.api_tokens_file and not is_loopback(self.host):
+            raise ConfigError(
+                f"HOST: {self.host!r} is not a loopback address and API_TOKENS_FILE is not "
+                "set: add bearer tokens (`featurestore keys token`) or set "
+                "ALLOW_INSECURE_BIND=true"
+            )
+        if self.zmq_curve_keys_dir:
+            return
+        for name in ZMQ_BOUND_ENDPOINTS:
+            for endpoint in getattr(self, name.lower()).split(","):
+                if not endpoint_is_local(endpoint):
+                    raise ConfigError(
+                        f"{name}: {endpoint.strip()} is not a loopback address and "
+                        "ZMQ_CURVE_KEYS_DIR is not set: add CURVE keys (`featurestore keys "
+                        "generate`) or set ALLOW_INSECURE_BIND=true"
+                    )
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -248,6 +270,39 @@ def _read(name: str, var: _Var, raw: str) -> Any:
     if var.maximum is not None and value > var.maximum:
         raise ConfigError(f"{name}: invalid value {raw!r}: must be at most {var.maximum}")
     return value
+
+
+# The endpoints a process of the stack binds (broker, drift): CURVE when not loopback.
+ZMQ_BOUND_ENDPOINTS = (
+    "BROKER_FRONTEND",
+    "BROKER_BACKEND",
+    "DRIFT_FEATURES_ENDPOINT",
+    "DRIFT_PUB_ENDPOINT",
+)
+LOOPBACK_NAMES = frozenset({"localhost", "lo"})  # `lo`: ZeroMQ binds interface names too
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` reaches this machine only: 127.0.0.0/8, ::1, localhost. A wildcard
+    (0.0.0.0, ::, *), a real address, an interface or host name may be reached from others."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def endpoint_is_local(endpoint: str) -> bool:
+    """ipc and inproc are local; tcp://HOST:PORT when HOST is loopback."""
+    scheme, _, rest = endpoint.strip().partition("://")
+    if scheme != "tcp":
+        return True
+    address = rest.rsplit(";", 1)[-1]  # tcp://SOURCE;HOST:PORT (connect): the peer counts
+    return is_loopback(address.rpartition(":")[0])
 
 
 def default_cache_name(data_dir: str) -> str:

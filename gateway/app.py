@@ -5,7 +5,9 @@ from __future__ import annotations
 from sanic import HTTPResponse, Request, Sanic
 
 from featurestore.config import Settings
+from featurestore.curve import internal_keys
 from featurestore.logs import setup_logging
+from featurestore.tokens import tokens_from_settings
 from gateway.context import Gateway
 from gateway.http import finish, render_error
 from gateway.routes.events import events
@@ -28,6 +30,10 @@ def create_app(settings: Settings | None = None) -> Sanic:
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.ctx.settings = settings
+    # Read here, in the main process first (a bad file stops the gateway with EXIT_CONFIG
+    # before a worker starts), then in every worker.
+    app.ctx.tokens = tokens_from_settings(settings)
+    app.ctx.curve = internal_keys(settings)
     app.blueprint([features, events, system])
     app.before_server_start(_open)
     app.after_server_stop(_close)
@@ -36,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
 
 async def _open(app: Sanic) -> None:
-    app.ctx.gw = await Gateway.open(app.ctx.settings)
+    app.ctx.gw = await Gateway.open(app.ctx.settings, app.ctx.curve)
 
 
 async def _close(app: Sanic) -> None:

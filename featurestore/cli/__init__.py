@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from featurestore.cli import bench, cache, demo, entity, generate, ingest, serve
+from featurestore.cli import bench, cache, demo, entity, generate, ingest, keys, serve
 from featurestore.cli.common import CommandError, load_settings
 from featurestore.config import ConfigError
 from featurestore.exitcodes import EXIT_CONFIG, EXIT_USAGE
 
-COMMANDS = (demo, ingest, generate, entity, serve, cache, bench)
+COMMANDS = (demo, ingest, generate, entity, serve, cache, keys, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,12 +18,14 @@ from pathlib import Path
 from featurestore.cli.common import CommandError, common_options, progress_bar
 from featurestore.client import Client
 from featurestore.config import Settings
+from featurestore.curve import check_keys, internal_keys
 from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
 from featurestore.errors import ServiceError
 from featurestore.launcher import wait_for
 from featurestore.store.sqlite import open_store
 from featurestore.supervisor import start_supervisord
 from featurestore.timestamps import now_ms
+from featurestore.tokens import tokens_from_settings
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
@@ -82,7 +84,7 @@ def _ready(settings: Settings, supervisord) -> bool:
     if not _port_open(host, settings.port):
         return False
     try:
-        with Client(settings.broker_frontend, timeout_ms=1000) as fs:
+        with Client(settings.broker_frontend, timeout_ms=1000, curve=internal_keys(settings)) as fs:
             return fs.health()["workers"]["alive"] >= settings.max_workers
     except ServiceError:
         return False
@@ -92,6 +94,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     if _port_open(host, settings.port):
         raise CommandError(f"port {settings.port} is already in use (another service running?)")
+    check_keys(settings)  # a bad key or tokens file: EXIT_CONFIG now, not from supervisord
+    tokens_from_settings(settings)
     if args.demo:
         _fill_demo(settings)
     stop = threading.Event()
