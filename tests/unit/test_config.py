@@ -270,8 +270,15 @@ def test_a_non_loopback_zmq_bind_needs_curve(name: str, endpoint: str) -> None:
 
 @pytest.mark.parametrize(
     "endpoint",
-    ["tcp://127.0.0.1:7000", "tcp://127.9.9.9:7000", "tcp://localhost:7000", "tcp://[::1]:7000"]
-    + ["tcp://lo:7000", "ipc:///tmp/fs-x", "inproc://fs-x"],
+    [
+        "tcp://127.0.0.1:7000",
+        "tcp://127.9.9.9:7000",
+        "tcp://localhost:7000",
+        "tcp://[::1]:7000",
+        "tcp://lo:7000",
+        "ipc:///tmp/fs-x",
+        "inproc://fs-x",
+    ],
 )
 def test_local_zmq_endpoints_need_nothing(endpoint: str) -> None:
     assert Settings.from_env({"BROKER_BACKEND": endpoint}).broker_backend == endpoint
