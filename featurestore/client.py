@@ -142,7 +142,7 @@ class Client(_Calls):
         """Send a request without waiting; `collect` its reply later."""
         request_id = request_id or new_request_id()
         frames = Request(request_id, Op(op), payload, blocks or []).encode()
-        self._send(frames, min(self.retry_ms, self.timeout_ms))
+        self._send(frames, 0)  # without a connection: sent again when its resend is due
         self._sent[request_id] = (frames, time.monotonic() + self.retry_ms / 1000)
         return request_id
 
@@ -202,13 +202,15 @@ class Client(_Calls):
     def request(
         self, op: Op, payload: dict, request_id: str | None = None, blocks: list | None = None
     ) -> Reply:
+        started = time.monotonic()
         request_id = self.submit(op, payload, request_id, blocks)
         # Fast path: the answer usually comes before a resend is due.
         if self.socket.poll(min(self.retry_ms, self.timeout_ms), POLLIN):
             self._receive()
             if request_id in self._replies:
                 return self._take(request_id)
-        return self.collect([request_id])[0]
+        left_ms = self.timeout_ms - (time.monotonic() - started) * 1000  # one deadline in all
+        return self.collect([request_id], max(1, int(left_ms)))[0]
 
     def _call(self, op: Op, payload: dict, request_id: str | None = None) -> Any:
         reply = self.request(op, payload, request_id)
