@@ -1,16 +1,20 @@
-"""HTTP benchmarks (issue 5): the gateway against a bare Sanic endpoint, in one run.
+"""HTTP benchmarks (issues 5 and 10): the gateway against a bare Sanic endpoint, in one run;
+and a secured stack (bearer tokens, API_TOKENS_FILE, and CURVE between the processes,
+ZMQ_CURVE_KEYS_DIR) next to the open one, both running at once and measured in alternating
+rounds, their ratios printed.
 
     python bench/http_bench.py [--entities 10000] [--work /tmp/fs-bench] [--duration 10]
 
 Clients, named: latency and batches use `RawHttp` below (one keep-alive socket, request
 bytes prepared once, the response body read by Content-Length, not parsed); throughput uses
-wrk (Debian package `wrk`) with 64 connections. Each floor is measured with the same client.
-Writes bench/results/http.json.
+wrk (Debian package `wrk`) with 64 connections. Each floor is measured with the same client;
+on the secured stack both clients send a read token. Writes bench/results/http.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -23,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from common import demo_store, report
+from common import alternating, demo_store, report, store_copy
 
+from featurestore import curve
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port, wait_for
+from featurestore.tokens import Scope, add_token
 
 
 class RawHttp:
@@ -38,10 +44,11 @@ class RawHttp:
         self.buffer = b""
 
     @staticmethod
-    def request(path: str, body: bytes) -> bytes:
+    def request(path: str, body: bytes, token: str | None = None) -> bytes:
+        auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
         return (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{auth}Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
 
     def send(self, request: bytes) -> tuple[int, bytes]:
@@ -75,11 +82,20 @@ def pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples) * 1e3, q))
 
 
-def wrk(port: int, path: str, body: bytes, duration: int, connections: int = 64) -> float:
+def wrk(
+    port: int,
+    path: str,
+    body: bytes,
+    duration: int,
+    *,
+    connections: int = 64,
+    token: str | None = None,
+) -> float:
     script = Path(tempfile.mkdtemp()) / "post.lua"
+    auth = "" if token is None else f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body.decode())}\n"
+        f"{auth}wrk.body = {json.dumps(body.decode())}\n"
     )
     done = subprocess.run(
         [
@@ -129,35 +145,111 @@ def start_bare(port: int, workers: int, body: bytes) -> subprocess.Popen:
     return process
 
 
-def measure_gateway(data: Path, ids: list[str], args: argparse.Namespace) -> tuple[dict, bytes]:
-    r: dict = {}
+def secured_env(work: str) -> tuple[dict[str, str], str]:
+    """The environment of a secured stack (CURVE keys, a tokens file) and a read token."""
+    secrets = Path(work) / "secrets"
+    shutil.rmtree(secrets, ignore_errors=True)
+    curve.generate_keys(secrets / "keys")
+    token = add_token(secrets / "tokens.toml", "bench", Scope.READ)
+    env = {
+        "ZMQ_CURVE_KEYS_DIR": str(secrets / "keys"),
+        "API_TOKENS_FILE": str(secrets / "tokens.toml"),
+    }
+    return env, token
+
+
+CONFIGURATIONS = ("plain", "secured")
+BLOCK = 250  # requests on one gateway before switching to the other
+
+
+def measure_gateways(
+    data: Path, ids: list[str], args: argparse.Namespace, secured: tuple[dict[str, str], str]
+) -> tuple[dict[str, dict], bytes]:
+    """The gateway's figures open ("plain") and secured (tokens and CURVE), both stacks
+    running at once (the secured one on a copy of the store), every measurement taken in
+    alternating rounds. Also the bytes of a cached answer, for the bare floor."""
     env = {"GATEWAY_WORKERS": str(args.gateway_workers), "CACHE_MAX_SIZE": str(args.entities * 2)}
-    with Stack(data, workers=4, gateway=True, env=env) as stack:
-        port = stack.settings.port
-        http = RawHttp(port)
-        single = [RawHttp.request("/features", orjson.dumps({"entity_id": e})) for e in ids]
-        cold = timed(http, single[:300])
-        r["cold_single_p50_ms"], r["cold_single_p99_ms"] = pct(cold, 50), pct(cold, 99)
-        cached = timed(http, [single[i % 100] for i in range(6000)])[1000:]
-        r["cached_single_p50_ms"] = pct(cached, 50)
-        r["cached_single_p95_ms"] = pct(cached, 95)
-        r["cached_single_p99_ms"] = pct(cached, 99)
-        _, sample_body = http.send(single[0])
-        for size in (100, 1000):
-            rates: dict[str, list[float]] = {"cold": [], "cached": []}
-            for start in range(300, 300 + 4 * size, size):
-                request = RawHttp.request(
-                    "/features/batch", orjson.dumps({"entity_ids": ids[start : start + size]})
+    tokens = {"plain": None, "secured": secured[1]}
+    with contextlib.ExitStack() as running:
+        stacks = {
+            "plain": running.enter_context(Stack(data, workers=4, gateway=True, env=env)),
+            "secured": running.enter_context(
+                Stack(
+                    store_copy(data, "secured"),
+                    workers=4,
+                    gateway=True,
+                    env={**env, **secured[0]},
                 )
-                for kind in ("cold", "cached", "cached"):
-                    rates[kind].append(size / sum(timed(http, [request])))
-            r[f"batch_{size}_cold_entities_per_s"] = float(np.median(rates["cold"]))
-            r[f"batch_{size}_cached_entities_per_s"] = float(np.median(rates["cached"]))
-        http.close()
-        r["cached_throughput_rps"] = wrk(
-            port, "/features", orjson.dumps({"entity_id": ids[0]}), args.duration
+            ),
+        }
+        https = {name: RawHttp(stack.settings.port) for name, stack in stacks.items()}
+        for http in https.values():
+            running.callback(http.close)
+        samples = latencies(https, tokens, ids)
+        samples.update(batch_rates(https, tokens, ids))
+        _, sample_body = https["plain"].send(
+            RawHttp.request("/features", orjson.dumps({"entity_id": ids[0]}))
         )
-    return r, sample_body
+        body = orjson.dumps({"entity_id": ids[0]})
+        rps: dict[str, list[float]] = {name: [] for name in stacks}
+        for _, name in alternating(list(CONFIGURATIONS), 2):
+            port = stacks[name].settings.port
+            duration = max(2, args.duration // 2)
+            rps[name].append(wrk(port, "/features", body, duration, token=tokens[name]))
+    out = {}
+    for name in CONFIGURATIONS:
+        r = {key: value[name] for key, value in samples.items()}
+        r["cached_throughput_rps"] = float(np.mean(rps[name]))
+        out[name] = r
+    return out, sample_body
+
+
+def latencies(
+    https: dict[str, RawHttp], tokens: dict[str, str | None], ids: list[str]
+) -> dict[str, dict[str, float]]:
+    single = {
+        name: [
+            RawHttp.request("/features", orjson.dumps({"entity_id": e}), tokens[name]) for e in ids
+        ]
+        for name in https
+    }
+    cold: dict[str, list[float]] = {name: [] for name in https}
+    cached: dict[str, list[float]] = {name: [] for name in https}
+    for i, name in alternating(list(CONFIGURATIONS), 300):
+        cold[name] += timed(https[name], [single[name][i]])
+    for block, name in alternating(list(CONFIGURATIONS), 6000 // BLOCK):
+        requests = [single[name][j % 100] for j in range(block * BLOCK, (block + 1) * BLOCK)]
+        cached[name] += timed(https[name], requests)
+    warm = {name: samples[500:] for name, samples in cached.items()}
+    return {
+        "cold_single_p50_ms": {n: pct(cold[n], 50) for n in https},
+        "cold_single_p99_ms": {n: pct(cold[n], 99) for n in https},
+        "cached_single_p50_ms": {n: pct(warm[n], 50) for n in https},
+        "cached_single_p95_ms": {n: pct(warm[n], 95) for n in https},
+        "cached_single_p99_ms": {n: pct(warm[n], 99) for n in https},
+    }
+
+
+def batch_rates(
+    https: dict[str, RawHttp], tokens: dict[str, str | None], ids: list[str]
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for size in (100, 1000):
+        rates: dict[str, dict[str, list[float]]] = {
+            name: {"cold": [], "cached": []} for name in https
+        }
+        for n, start in enumerate(range(300, 300 + 4 * size, size)):
+            body = orjson.dumps({"entity_ids": ids[start : start + size]})
+            order = list(CONFIGURATIONS) if n % 2 == 0 else list(CONFIGURATIONS)[::-1]
+            for name in order:
+                request = RawHttp.request("/features/batch", body, tokens[name])
+                for kind in ("cold", "cached", "cached"):
+                    rates[name][kind].append(size / sum(timed(https[name], [request])))
+        for kind in ("cold", "cached"):
+            out[f"batch_{size}_{kind}_entities_per_s"] = {
+                name: float(np.median(rates[name][kind])) for name in https
+            }
+    return out
 
 
 def measure_bare(body: bytes, request_body: bytes, args: argparse.Namespace) -> dict:
@@ -197,6 +289,28 @@ def result_lines(r: dict) -> list[str]:
     ]
 
 
+SECURED_COMPARED = (
+    ("cached single P50", "cached_single_p50_ms", "ms"),
+    ("P99", "cached_single_p99_ms", "ms"),
+    ("cached throughput", "cached_throughput_rps", "/s"),
+    ("cold single P50", "cold_single_p50_ms", "ms"),
+    ("batch 1,000 cached", "batch_1000_cached_entities_per_s", "/s"),
+    ("cold", "batch_1000_cold_entities_per_s", "/s"),
+)
+
+
+def secured_line(plain: dict, secured: dict) -> str:
+    """Each figure open -> secured, and their ratio (> 1: security costs that much)."""
+    parts = []
+    for label, key, unit in SECURED_COMPARED:
+        off, on = plain[key], secured[key]
+        if unit == "ms":
+            parts.append(f"{label} {off:.3f} -> {on:.3f} ms ({on / off:.2f}x)")
+        else:
+            parts.append(f"{label} {off:,.0f} -> {on:,.0f}/s ({off / on:.2f}x)")
+    return "tokens + CURVE cost (off -> on, same run): " + "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, default=10_000)
@@ -212,10 +326,11 @@ def main() -> None:
         "client_latency": "RawHttp (keep-alive socket, body not parsed)",
         "client_throughput": "wrk -t2 -c64",
     }
-    measured, body = measure_gateway(data, ids, args)
-    r.update(measured)
+    measured, body = measure_gateways(data, ids, args, secured_env(args.work))
+    r.update(measured["plain"])
+    r["secured"] = measured["secured"]
     r.update(measure_bare(body, orjson.dumps({"entity_id": ids[0]}), args))
-    lines = result_lines(r)
+    lines = [*result_lines(r), secured_line(r, r["secured"])]
     report("http", r, lines)
 
 
