@@ -79,7 +79,9 @@ MIB = 1024 * 1024
 # name -> how to read it. The one table of defaults; `.env.example` mirrors it (a test checks).
 VARIABLES: dict[str, _Var] = {
     "PORT": _Var(_parse_int, 3000, 1, 65535, doc="HTTP port of the gateway"),
-    "HOST": _Var(_parse_str, "127.0.0.1", doc="HTTP bind address; 0.0.0.0 is an explicit choice"),
+    "HOST": _Var(
+        _parse_str, "127.0.0.1", doc="HTTP bind address; a non-loopback one needs API_TOKENS_FILE"
+    ),
     "GATEWAY_WORKERS": _Var(_parse_int, 2, 1, 64, doc="Sanic worker processes"),
     "DATA_DIR": _Var(_parse_str, DEFAULT_DATA_DIR, doc="event store, baselines, logs"),
     "CACHE_NAME": _Var(
@@ -131,11 +133,15 @@ VARIABLES: dict[str, _Var] = {
         _parse_int, 8192, 1024, 1 << 20, doc="largest HTTP request header block"
     ),
     "ZMQ_CURVE_KEYS_DIR": _Var(
-        _parse_str, "", doc="ZeroMQ CURVE key directory; empty = no encryption/authentication"
+        _parse_str,
+        "",
+        doc="ZeroMQ CURVE key directory (`featurestore keys generate`); empty = no CURVE",
     ),
-    "API_TOKENS_FILE": _Var(_parse_str, "", doc="HTTP bearer tokens file; empty = no tokens"),
+    "API_TOKENS_FILE": _Var(
+        _parse_str, "", doc="HTTP bearer tokens, TOML (`featurestore keys token`); empty = none"
+    ),
     "ALLOW_INSECURE_BIND": _Var(
-        _parse_bool, False, doc="allow a non-loopback bind without CURVE keys and tokens"
+        _parse_bool, False, doc="allow a non-loopback bind without CURVE keys or tokens"
     ),
     "LOG_LEVEL": _Var(
         _parse_str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log verbosity"

@@ -23,13 +23,11 @@ from featurestore.exitcodes import EXIT_CONFIG
 from featurestore.tokens import Scope, TokenFileError, add_token
 
 PLACEMENT = """\
-Where the files go (copy with the layout kept, e.g. with rsync -a):
-  broker and drift host:   the whole directory
-  worker and gateway host: server.key, internal.key, internal.key_secret
-  ZeroMQ client host:      server.key, clients/NAME.key_secret
-                           (then delete clients/NAME.key_secret here: the stack only needs
-                           clients/NAME.key)
-Set ZMQ_CURVE_KEYS_DIR to the directory on every host of the stack."""
+Where the files go (copy them keeping the layout, e.g. with rsync -a):
+  every host that runs the stack: the whole directory, ZMQ_CURVE_KEYS_DIR set to it
+  a ZeroMQ client's (or report subscriber's) host: server.key and clients/NAME.key_secret,
+    passed explicitly: Client(endpoint, curve=load_client_keys(DIR, NAME));
+    then delete clients/NAME.key_secret here: the stack needs only clients/NAME.key"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
