@@ -208,6 +208,9 @@ class Settings:
             )
         values.update(overrides)
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+        for name in ("zmq_curve_keys_dir", "api_tokens_file"):  # the same for every process
+            if values[name]:
+                values[name] = str(Path(values[name]).expanduser().resolve())
         if not values["cache_name"]:
             values["cache_name"] = default_cache_name(values["data_dir"])
         settings = cls(**values)
@@ -226,27 +229,29 @@ class Settings:
             )
         if self.drift_min_current > self.drift_window_size:
             raise ConfigError("DRIFT_MIN_CURRENT: must not exceed DRIFT_WINDOW_SIZE")
-        if not self.allow_insecure_bind:
-            self._refuse_exposed_binds()
+        exposed = self.exposed_binds()
+        if exposed and not self.allow_insecure_bind:  # SPEC §11
+            raise ConfigError(f"{exposed[0]} or set ALLOW_INSECURE_BIND=true")
 
-    def _refuse_exposed_binds(self) -> None:
-        """A non-loopback address without authentication is refused (SPEC §11)."""
+    def exposed_binds(self) -> list[str]:
+        """Each non-loopback address served without authentication, as a sentence starting
+        with its variable; refused at start unless ALLOW_INSECURE_BIND (then logged)."""
+        exposed = []
         if not self.api_tokens_file and not is_loopback(self.host):
-            raise ConfigError(
+            exposed.append(
                 f"HOST: {self.host!r} is not a loopback address and API_TOKENS_FILE is not "
-                "set: add bearer tokens (`featurestore keys token`) or set "
-                "ALLOW_INSECURE_BIND=true"
+                "set: add bearer tokens (`featurestore keys token`)"
             )
         if self.zmq_curve_keys_dir:
-            return
+            return exposed
         for name in ZMQ_BOUND_ENDPOINTS:
-            for endpoint in getattr(self, name.lower()).split(","):
-                if not endpoint_is_local(endpoint):
-                    raise ConfigError(
-                        f"{name}: {endpoint.strip()} is not a loopback address and "
-                        "ZMQ_CURVE_KEYS_DIR is not set: add CURVE keys (`featurestore keys "
-                        "generate`) or set ALLOW_INSECURE_BIND=true"
-                    )
+            exposed.extend(
+                f"{name}: {endpoint.strip()} is not a loopback address and ZMQ_CURVE_KEYS_DIR "
+                "is not set: add CURVE keys (`featurestore keys generate`)"
+                for endpoint in getattr(self, name.lower()).split(",")
+                if not endpoint_is_local(endpoint)
+            )
+        return exposed
 
     @property
     def versions(self) -> tuple[str, ...]:

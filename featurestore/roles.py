@@ -20,7 +20,9 @@ def run_role(program: str, label: str, run: Callable[[Settings], None]) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         return _config_error(program, exc)
-    setup_logging(label, settings.log_level)
+    log = setup_logging(label, settings.log_level)
+    for exposed in settings.exposed_binds():  # allowed by ALLOW_INSECURE_BIND
+        log.warning("ALLOW_INSECURE_BIND: %s", exposed)
     try:
         run(settings)
     except ConfigError as exc:

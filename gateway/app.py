@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from sanic import HTTPResponse, Request, Sanic
 
 from featurestore.config import Settings
@@ -15,6 +17,7 @@ from gateway.routes.features import features
 from gateway.routes.system import system
 
 APP_NAME = "featurestore"
+log = logging.getLogger("gateway")
 GRACEFUL_SHUTDOWN_S = 10.0
 
 
@@ -34,6 +37,8 @@ def create_app(settings: Settings | None = None) -> Sanic:
     # before a worker starts), then in every worker.
     app.ctx.tokens = tokens_from_settings(settings)
     app.ctx.curve = internal_keys(settings)
+    if app.ctx.tokens is not None and not len(app.ctx.tokens):
+        log.warning("API_TOKENS_FILE lists no token: every route but /health answers 401")
     app.blueprint([features, events, system])
     app.before_server_start(_open)
     app.after_server_stop(_close)

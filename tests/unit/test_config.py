@@ -284,6 +284,21 @@ def test_local_zmq_endpoints_need_nothing(endpoint: str) -> None:
     assert Settings.from_env({"BROKER_BACKEND": endpoint}).broker_backend == endpoint
 
 
+def test_allowed_exposed_binds_are_listed_for_the_log() -> None:
+    allowed = Settings.from_env(
+        {"HOST": "0.0.0.0", "BROKER_FRONTEND": "tcp://*:1", "ALLOW_INSECURE_BIND": "true"}
+    )
+    assert [e.split(":")[0] for e in allowed.exposed_binds()] == ["HOST", "BROKER_FRONTEND"]
+    assert Settings.from_env({}).exposed_binds() == []
+
+
+def test_key_and_token_paths_are_made_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"ZMQ_CURVE_KEYS_DIR": "keys", "API_TOKENS_FILE": "t.toml"})
+    assert settings.zmq_curve_keys_dir == str(tmp_path.resolve() / "keys")
+    assert settings.api_tokens_file == str(tmp_path.resolve() / "t.toml")
+
+
 def test_tokens_do_not_cover_zmq_nor_curve_http() -> None:
     with pytest.raises(ConfigError, match=r"^BROKER_FRONTEND: "):
         Settings.from_env({"BROKER_FRONTEND": "tcp://*:1", "API_TOKENS_FILE": "/t.toml"})
