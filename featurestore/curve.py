@@ -47,6 +47,7 @@ CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DIR_MODE = 0o700
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
+MAX_REFUSED_TRACKED = 10_000  # refused keys counted for the log (a bounded table)
 
 
 class Domain(StrEnum):
@@ -257,6 +258,8 @@ class _KeyRing:
                 return True
         except Exception:  # never let the ZAP thread die: refuse instead
             log.exception("ZAP check failed on %s", domain)
+        if len(self.refused) >= MAX_REFUSED_TRACKED:  # a new key per attempt: stay bounded
+            self.refused.clear()
         count = self.refused[key] = self.refused.get(key, 0) + 1
         if count & (count - 1) == 0:  # 1st, 2nd, 4th, 8th... attempt: bounded logging
             log.warning("refused CURVE key %s on %s (%d attempt(s))", key.decode(), domain, count)
