@@ -17,8 +17,8 @@ from gateway.routes.features import features
 from gateway.routes.system import system
 
 APP_NAME = "featurestore"
-log = logging.getLogger("gateway")
 GRACEFUL_SHUTDOWN_S = 10.0
+log = logging.getLogger("gateway")
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
