@@ -1,12 +1,14 @@
 """ZeroMQ serving benchmarks (issues 4 and 10), through the shipped `Client` against a real
-stack, with CURVE off (the loopback default) and on (ZMQ_CURVE_KEYS_DIR) in the same run.
+stack; then the cost of CURVE (ZMQ_CURVE_KEYS_DIR) in the same run.
 
     python bench/zmq_bench.py [--entities 10000] [--work /tmp/fs-bench]
 
-Both stacks run at once (the CURVE one on a copy of the store) and every measurement
-alternates between them in rounds, so the ratio compares like with like on a shared machine.
 Floor measured in the same run: a bare pyzmq REQ/REP echo (separate process) of the same
-bytes as a cached single-get reply, without and with CURVE. Writes bench/results/zmq.json.
+bytes as a cached single-get reply. The CURVE line compares a stack without and one with
+CURVE running at once (the second on a copy of the store), every measurement alternating
+between them in rounds (and so the two echo floors), so that the ratio compares like with
+like on a shared machine; its absolute figures are not the headline ones (two stacks share
+the CPU caches). Writes bench/results/zmq.json.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from common import alternating, demo_store, report, store_copy
 
 from featurestore import curve
 from featurestore.client import Client
-from featurestore.curve import load_client_keys
+from featurestore.curve import CurveClient, load_client_keys
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port
 from featurestore.protocol import Op
@@ -57,23 +59,24 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def bench_echo(payload: bytes, n: int, keys: Path) -> dict[str, tuple[float, float]]:
-    """P50/P99 of a bare REQ/REP echo without and with CURVE, in alternating blocks."""
-    secret = curve.read_pair(keys / "server.key_secret")[1]
+def bench_echo(
+    payload: bytes, n: int, servers: dict[str, bytes | None], keys: CurveClient | None = None
+) -> dict[str, tuple[float, float]]:
+    """P50/P99 of a bare REQ/REP echo per server (name -> its CURVE secret key, or None),
+    several in alternating blocks; `keys`: the client's, for the CURVE ones."""
     spawn = multiprocessing.get_context("spawn")
     context = zmq.Context()
-    servers, sockets = [], {}
-    for name, server_secret in (("plain", None), ("curve", secret)):
+    processes, sockets = [], {}
+    for name, server_secret in servers.items():
         port = free_port()
         ready = spawn.Event()
-        server = spawn.Process(target=echo_server, args=(port, ready, server_secret))
-        server.start()
+        process = spawn.Process(target=echo_server, args=(port, ready, server_secret))
+        process.start()
         ready.wait(10)
-        servers.append(server)
+        processes.append(process)
         socket = context.socket(zmq.REQ)
         socket.setsockopt(zmq.LINGER, 0)
-        if server_secret is not None:
-            load_client_keys(keys).apply(socket)
+        curve.secure_client(socket, None if server_secret is None else keys)
         socket.connect(f"tcp://127.0.0.1:{port}")
         sockets[name] = socket
     samples: dict[str, list[float]] = {name: [] for name in sockets}
@@ -89,8 +92,8 @@ def bench_echo(payload: bytes, n: int, keys: Path) -> dict[str, tuple[float, flo
         socket.recv()
         socket.close()
     context.term()
-    for server in servers:
-        server.join(10)
+    for process in processes:
+        process.join(10)
     return {name: percentiles(s[n // 10 :]) for name, s in samples.items()}
 
 
@@ -100,25 +103,23 @@ def timed(call: Callable[..., object], *args: object, **kwargs: object) -> float
     return time.perf_counter() - started
 
 
-def bench_stacks(data: Path, entities: int, workers: int, keys: Path) -> dict[str, dict]:
-    """Latencies and batch rates through the client on two stacks at once, CURVE off
-    ("plain") and on ("curve": ZMQ_CURVE_KEYS_DIR, the client's clients/client pair), each
-    measurement taken in alternating rounds."""
+Config = tuple[dict[str, str], CurveClient | None]  # the stack's extra env, the client's keys
+
+
+def bench_stacks(
+    data: Path, entities: int, workers: int, configs: dict[str, Config]
+) -> dict[str, dict]:
+    """Latencies and batch rates through the client, one stack per configuration, all
+    running at once (the first on `data`, the others on copies of it), every measurement
+    taken in alternating rounds. One configuration: the plain sequential measurement."""
     rng = np.random.default_rng(workers)
     env = {"CACHE_MAX_SIZE": str(entities * 2)}
     with contextlib.ExitStack() as running:
-        plain = running.enter_context(Stack(data, workers=workers, env=env))
-        secured = running.enter_context(
-            Stack(
-                store_copy(data, "curve"),
-                workers=workers,
-                env={**env, "ZMQ_CURVE_KEYS_DIR": str(keys)},
-            )
-        )
-        clients = {
-            "plain": running.enter_context(plain.client(curve=None)),
-            "curve": running.enter_context(secured.client(curve=load_client_keys(keys))),
-        }
+        clients = {}
+        for n, (name, (extra, keys)) in enumerate(configs.items()):
+            store = data if n == 0 else store_copy(data, name)
+            stack = running.enter_context(Stack(store, workers=workers, env={**env, **extra}))
+            clients[name] = running.enter_context(stack.client(curve=keys))
         ids = [entity_name(i) for i in rng.permutation(entities)]
         samples = measure_alternating(clients, ids, entities)
         return {name: summary(clients[name], samples[name], ids) for name in clients}
@@ -205,7 +206,7 @@ def curve_line(plain: dict, secured: dict) -> str:
             parts.append(f"{label} {off:.3f} -> {on:.3f} ms ({on / off:.2f}x)")
         else:
             parts.append(f"{label} {off:,.0f} -> {on:,.0f}/s ({off / on:.2f}x)")
-    return "CURVE cost (off -> on, same run): " + "; ".join(parts)
+    return "CURVE cost (off -> on, two stacks at once, alternating): " + "; ".join(parts)
 
 
 def main() -> None:
@@ -215,13 +216,21 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/fs-bench")
     args = parser.parse_args()
     data = demo_store(args.work, args.entities)
+    plain: Config = ({}, None)
+    results = bench_stacks(data, args.entities, args.workers, {"plain": plain})["plain"]
+    payload = b"x" * results["cached_reply_bytes"]
+    results["echo_p50_ms"], results["echo_p99_ms"] = bench_echo(payload, 5000, {"plain": None})[
+        "plain"
+    ]
+    # CURVE off and on side by side: two stacks at once, alternating
     keys = curve_keys(args.work)
-    measured = bench_stacks(data, args.entities, args.workers, keys)
-    results, secured = measured["plain"], measured["curve"]
-    echo = bench_echo(b"x" * results["cached_reply_bytes"], 5000, keys)
-    results["echo_p50_ms"], results["echo_p99_ms"] = echo["plain"]
-    secured["echo_p50_ms"], secured["echo_p99_ms"] = echo["curve"]
-    results["curve"] = secured
+    secured: Config = ({"ZMQ_CURVE_KEYS_DIR": str(keys)}, load_client_keys(keys))
+    compared = bench_stacks(data, args.entities, args.workers, {"plain": plain, "curve": secured})
+    secret = curve.read_pair(keys / "server.key_secret")[1]
+    echo = bench_echo(payload, 5000, {"plain": None, "curve": secret}, secured[1])
+    for name in compared:
+        compared[name]["echo_p50_ms"], compared[name]["echo_p99_ms"] = echo[name]
+    results["curve_comparison"] = compared
     results["cold_throughput_entities_per_s_by_workers"] = bench_scaling(
         data, args.entities, args.workers
     )
@@ -239,7 +248,7 @@ def main() -> None:
         + ", ".join(
             f"{w}: {v:,.0f}/s" for w, v in r["cold_throughput_entities_per_s_by_workers"].items()
         ),
-        curve_line(results, secured),
+        curve_line(compared["plain"], compared["curve"]),
     ]
     report("zmq", results, lines)
 
