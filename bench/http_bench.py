@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import re
 import shutil
@@ -70,7 +71,23 @@ class RawHttp:
         self.sock.close()
 
 
-def timed(client: RawHttp, requests: list[bytes]) -> list[float]:
+class RawHttpPool:
+    """`connections` RawHttp connections taken in turn, so that the requests of a comparison
+    land on every Sanic worker of a gateway (one connection stays on one of them)."""
+
+    def __init__(self, port: int, connections: int) -> None:
+        self.clients = [RawHttp(port) for _ in range(connections)]
+        self.turn = itertools.cycle(self.clients)
+
+    def send(self, request: bytes) -> tuple[int, bytes]:
+        return next(self.turn).send(request)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def timed(client: RawHttp | RawHttpPool, requests: list[bytes]) -> list[float]:
     samples = []
     for request in requests:
         started = time.perf_counter()
@@ -164,6 +181,7 @@ def secured_env(work: str) -> tuple[dict[str, str], str]:
 Config = tuple[dict[str, str], str | None]  # the stack's extra env, the client's token
 BLOCK = 250  # requests on one gateway before switching to the other
 WRK_ROUNDS = 3  # wrk runs per configuration when comparing (alternating), their median kept
+COMPARE_CONNECTIONS = 8  # keep-alive connections per gateway when comparing, used in turn
 
 
 def measure_gateways(
@@ -183,7 +201,10 @@ def measure_gateways(
             stacks[name] = running.enter_context(
                 Stack(store, workers=4, gateway=True, env={**env, **extra})
             )
-        https = {name: RawHttp(stack.settings.port) for name, stack in stacks.items()}
+        connections = 1 if len(names) == 1 else COMPARE_CONNECTIONS
+        https = {
+            name: RawHttpPool(stack.settings.port, connections) for name, stack in stacks.items()
+        }
         for http in https.values():
             running.callback(http.close)
         samples = latencies(https, tokens, ids)
@@ -205,7 +226,7 @@ def measure_gateways(
 
 
 def latencies(
-    https: dict[str, RawHttp], tokens: dict[str, str | None], ids: list[str]
+    https: dict[str, RawHttpPool], tokens: dict[str, str | None], ids: list[str]
 ) -> dict[str, dict[str, float]]:
     single = {
         name: [
@@ -231,7 +252,7 @@ def latencies(
 
 
 def batch_rates(
-    https: dict[str, RawHttp], tokens: dict[str, str | None], ids: list[str]
+    https: dict[str, RawHttpPool], tokens: dict[str, str | None], ids: list[str]
 ) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for size in (100, 1000):
