@@ -30,6 +30,7 @@ from broker.pending import (
 from broker.registry import Registry, WorkerState
 from broker.status import BrokerStatus
 from featurestore.config import Settings
+from featurestore.curve import Domain, ZapServer
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import definitions
 from featurestore.logs import rid
@@ -70,11 +71,20 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context = zmq.Context()
+        self.zap = ZapServer.start(self.context, settings)
         self.frontend = self._router(
-            settings.broker_frontend, settings.zmq_maxmsgsize, FRONTEND_SNDHWM, FRONTEND_RCVHWM
+            settings.broker_frontend,
+            settings.zmq_maxmsgsize,
+            Domain.FRONTEND,
+            FRONTEND_SNDHWM,
+            FRONTEND_RCVHWM,
         )
         self.backend = self._router(
-            settings.broker_backend, settings.zmq_maxmsgsize, BACKEND_HWM, BACKEND_HWM
+            settings.broker_backend,
+            settings.zmq_maxmsgsize,
+            Domain.BACKEND,
+            BACKEND_HWM,
+            BACKEND_HWM,
         )
         self.clients = ClientBook(
             self.frontend, settings.broker_client_max_pending, settings.broker_client_max_bytes
@@ -92,8 +102,11 @@ class Broker:
         self.stopping = False
         self.stop_deadline = 0.0
 
-    def _router(self, endpoints: str, max_bytes: int, sndhwm: int, rcvhwm: int) -> zmq.Socket:
+    def _router(
+        self, endpoints: str, max_bytes: int, domain: Domain, sndhwm: int, rcvhwm: int
+    ) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
+        self.zap.secure(socket, domain)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         socket.setsockopt(zmq.SNDHWM, sndhwm)
@@ -173,6 +186,7 @@ class Broker:
         self.frontend.close(linger=0)
         self.backend.close(linger=0)
         self.cache.close()
+        self.zap.stop()
         self.context.term()
 
     # ---------------------------------------------------------------------- clients

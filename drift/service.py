@@ -23,6 +23,7 @@ from drift.baseline_requests import BaselineRequests
 from drift.monitor import DriftMonitor
 from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
+from featurestore.curve import Domain, ZapServer
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import REGISTRY
 from featurestore.logs import rid
@@ -51,13 +52,16 @@ class DriftService:
         self.monitor = DriftMonitor(settings)
         restored = baselines.load(self.monitor, settings.data_dir)
         log.info("drift: %d complete baselines restored", restored)
+        self.zap = ZapServer.start(self.context, settings)
         self.sub = self.context.socket(zmq.SUB)
+        self.zap.secure(self.sub, Domain.VECTORS)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_VECTORS)
         for endpoint in settings.drift_features_endpoint.split(","):
             self.sub.bind(endpoint.strip())
         self.pub = self.context.socket(zmq.PUB)
+        self.zap.secure(self.pub, Domain.REPORTS)
         self.pub.setsockopt(zmq.LINGER, 0)
         for endpoint in settings.drift_pub_endpoint.split(","):
             self.pub.bind(endpoint.strip())
@@ -181,4 +185,5 @@ class DriftService:
         self.sub.close(linger=0)
         self.pub.close(linger=0)
         self.requests.close()
+        self.zap.stop()
         self.context.term()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import zmq
 
 from featurestore.config import Settings
+from featurestore.curve import internal_keys, secure_client
 from featurestore.protocol import (
     W_DISCONNECT,
     W_HEARTBEAT,
@@ -50,6 +51,7 @@ class BrokerLink:
         self.service = service
         self.worker_id = worker_id
         self.figures = figures
+        self.curve = internal_keys(settings)  # KeyFileError at start, not at each reconnect
         self.interval_s = settings.heartbeat_interval_ms / 1000
         self.liveness_s = self.interval_s * settings.heartbeat_liveness
         self.socket: zmq.Socket | None = None
@@ -65,6 +67,7 @@ class BrokerLink:
         self.socket.setsockopt(zmq.LINGER, 0)
         identity = f"{self.service}-{self.worker_id}-{os.getpid()}-{time.monotonic_ns()}"
         self.socket.setsockopt(zmq.IDENTITY, identity.encode())
+        secure_client(self.socket, self.curve)
         for endpoint in self.settings.broker_backend.split(","):
             self.socket.connect(endpoint.strip())
         self.socket.send_multipart(ready_frames(self.service, self.worker_id, os.getpid()))

@@ -4,6 +4,12 @@
     with Client("tcp://127.0.0.1:5555") as fs:
         print(fs.get("user_00042")["features"]["value_mean"])
 
+With CURVE on the server (ZMQ_CURVE_KEYS_DIR), pass the client's keys explicitly; the client
+reads no key setting of the server's:
+
+    from featurestore.curve import load_client_keys
+    Client("tcp://10.0.0.5:5555", curve=load_client_keys("/etc/featurestore/keys", "model-a"))
+
 Every call has a deadline (never hangs) and is re-sent with the SAME request id while no answer
 has come (a restarted broker, a lost message): the broker ignores a duplicate of a request in
 progress and the store ignores a repeated ingest, so retries are safe. Errors raise
@@ -27,6 +33,7 @@ import zmq
 import zmq.asyncio
 
 from featurestore.config import Settings
+from featurestore.curve import CurveClient, secure_client
 from featurestore.errors import Code, ServiceError
 from featurestore.protocol import EVENTS, POLLIN, Op, ProtocolError, Reply, Request, copy_small
 from featurestore.results import FeatureBatch
@@ -114,6 +121,7 @@ class Client(_Calls):
         timeout_ms: int | None = None,
         retry_ms: int = DEFAULT_RETRY_MS,
         context: zmq.Context | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         self.endpoint = _first_endpoint(endpoint)
         self.timeout_ms = _default_timeout_ms(timeout_ms)
@@ -122,6 +130,7 @@ class Client(_Calls):
         self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        secure_client(self.socket, curve)
         self.socket.connect(self.endpoint)
         self._sent: dict[str, tuple[list, float]] = {}  # request id -> (frames, next resend)
         self._replies: dict[str, Reply] = {}
@@ -133,7 +142,7 @@ class Client(_Calls):
         """Send a request without waiting; `collect` its reply later."""
         request_id = request_id or new_request_id()
         frames = Request(request_id, Op(op), payload, blocks or []).encode()
-        self.socket.send_multipart(frames, copy=copy_small(frames))
+        self._send(frames, 0)  # without a connection: sent again when its resend is due
         self._sent[request_id] = (frames, time.monotonic() + self.retry_ms / 1000)
         return request_id
 
@@ -148,7 +157,7 @@ class Client(_Calls):
                 for r in wanted:
                     self._sent.pop(r, None)
                 raise ServiceError(Code.TIMEOUT, f"no answer from {self.endpoint} in time")
-            self._resend_due(now, wanted)
+            self._resend_due(now, deadline, wanted)
             wait = min(deadline, *(self._sent[r][1] for r in wanted if r in self._sent)) - now
             if self.socket.poll(max(1, int(wait * 1000)), POLLIN):
                 self._receive()
@@ -158,12 +167,24 @@ class Client(_Calls):
         self._sent.pop(request_id, None)
         return self._replies.pop(request_id)
 
-    def _resend_due(self, now: float, wanted: list[str]) -> None:
+    def _resend_due(self, now: float, deadline: float, wanted: list[str]) -> None:
         for request_id in wanted:
             entry = self._sent.get(request_id)
             if entry is not None and now >= entry[1] and request_id not in self._replies:
-                self.socket.send_multipart(entry[0], copy=copy_small(entry[0]))
+                self._send(entry[0], min(self.retry_ms, int((deadline - now) * 1000)))
                 self._sent[request_id] = (entry[0], now + self.retry_ms / 1000)
+
+    def _send(self, frames: list, wait_ms: int) -> None:
+        """Send, waiting at most `wait_ms` for room. A DEALER with no connection blocks on
+        send forever (a server that refused this client's CURVE handshake; a full queue): the
+        request then waits for its resend instead, so no call outlives its deadline."""
+        copy = copy_small(frames)
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            if self.socket.poll(max(0, wait_ms), zmq.POLLOUT):
+                with contextlib.suppress(zmq.Again):
+                    self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
 
     def _receive(self) -> None:
         """Take every reply waiting on the socket (after a poll said one is there)."""
@@ -181,13 +202,15 @@ class Client(_Calls):
     def request(
         self, op: Op, payload: dict, request_id: str | None = None, blocks: list | None = None
     ) -> Reply:
+        started = time.monotonic()
         request_id = self.submit(op, payload, request_id, blocks)
         # Fast path: the answer usually comes before a resend is due.
         if self.socket.poll(min(self.retry_ms, self.timeout_ms), POLLIN):
             self._receive()
             if request_id in self._replies:
                 return self._take(request_id)
-        return self.collect([request_id])[0]
+        left_ms = self.timeout_ms - (time.monotonic() - started) * 1000  # one deadline in all
+        return self.collect([request_id], max(1, int(left_ms)))[0]
 
     def _call(self, op: Op, payload: dict, request_id: str | None = None) -> Any:
         reply = self.request(op, payload, request_id)
@@ -282,6 +305,7 @@ class AsyncClient(_Calls):
         *,
         timeout_ms: int | None = None,
         retry_ms: int = DEFAULT_RETRY_MS,
+        curve: CurveClient | None = None,
     ) -> None:
         self.endpoint = _first_endpoint(endpoint)
         self.timeout_ms = _default_timeout_ms(timeout_ms)
@@ -289,6 +313,7 @@ class AsyncClient(_Calls):
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        secure_client(self.socket, curve)
         self.socket.connect(self.endpoint)
         self._waiting: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
@@ -333,7 +358,7 @@ class AsyncClient(_Calls):
         self._waiting[request_id] = future
         try:
             while True:
-                await self.socket.send_multipart(frames, copy=copy_small(frames))
+                await self._send(frames, min(self.retry_ms / 1000, deadline - time.monotonic()))
                 wait = min(self.retry_ms / 1000, deadline - time.monotonic())
                 if wait <= 0:
                     raise ServiceError(Code.TIMEOUT, f"no answer from {self.endpoint} in time")
@@ -342,6 +367,17 @@ class AsyncClient(_Calls):
                     return future.result()
         finally:
             self._waiting.pop(request_id, None)
+
+    async def _send(self, frames: list, wait_s: float) -> None:
+        """Send, waiting at most `wait_s` for room (see Client._send)."""
+        copy = copy_small(frames)
+        try:
+            await self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.socket.send_multipart(frames, copy=copy), max(0.0, wait_s)
+                )
 
     async def _call(self, op: Op, payload: dict, request_id: str | None = None) -> Any:
         reply = await self.request(op, payload, request_id)

@@ -8,6 +8,7 @@ one-line message and exit code `EXIT_CONFIG`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -78,7 +79,9 @@ MIB = 1024 * 1024
 # name -> how to read it. The one table of defaults; `.env.example` mirrors it (a test checks).
 VARIABLES: dict[str, _Var] = {
     "PORT": _Var(_parse_int, 3000, 1, 65535, doc="HTTP port of the gateway"),
-    "HOST": _Var(_parse_str, "127.0.0.1", doc="HTTP bind address; 0.0.0.0 is an explicit choice"),
+    "HOST": _Var(
+        _parse_str, "127.0.0.1", doc="HTTP bind address; a non-loopback one needs API_TOKENS_FILE"
+    ),
     "GATEWAY_WORKERS": _Var(_parse_int, 2, 1, 64, doc="Sanic worker processes"),
     "DATA_DIR": _Var(_parse_str, DEFAULT_DATA_DIR, doc="event store, baselines, logs"),
     "CACHE_NAME": _Var(
@@ -130,11 +133,15 @@ VARIABLES: dict[str, _Var] = {
         _parse_int, 8192, 1024, 1 << 20, doc="largest HTTP request header block"
     ),
     "ZMQ_CURVE_KEYS_DIR": _Var(
-        _parse_str, "", doc="ZeroMQ CURVE key directory; empty = no encryption/authentication"
+        _parse_str,
+        "",
+        doc="ZeroMQ CURVE key directory (`featurestore keys generate`); empty = no CURVE",
     ),
-    "API_TOKENS_FILE": _Var(_parse_str, "", doc="HTTP bearer tokens file; empty = no tokens"),
+    "API_TOKENS_FILE": _Var(
+        _parse_str, "", doc="HTTP bearer tokens, TOML (`featurestore keys token`); empty = none"
+    ),
     "ALLOW_INSECURE_BIND": _Var(
-        _parse_bool, False, doc="allow a non-loopback bind without CURVE keys and tokens"
+        _parse_bool, False, doc="allow a non-loopback bind without CURVE keys or tokens"
     ),
     "LOG_LEVEL": _Var(
         _parse_str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log verbosity"
@@ -201,6 +208,9 @@ class Settings:
             )
         values.update(overrides)
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+        for name in ("zmq_curve_keys_dir", "api_tokens_file"):  # the same for every process
+            if values[name]:
+                values[name] = str(Path(values[name]).expanduser().resolve())
         if not values["cache_name"]:
             values["cache_name"] = default_cache_name(values["data_dir"])
         settings = cls(**values)
@@ -219,6 +229,29 @@ class Settings:
             )
         if self.drift_min_current > self.drift_window_size:
             raise ConfigError("DRIFT_MIN_CURRENT: must not exceed DRIFT_WINDOW_SIZE")
+        exposed = self.exposed_binds()
+        if exposed and not self.allow_insecure_bind:  # SPEC §11
+            raise ConfigError(f"{exposed[0]} or set ALLOW_INSECURE_BIND=true")
+
+    def exposed_binds(self) -> list[str]:
+        """Each non-loopback address served without authentication, as a sentence starting
+        with its variable; refused at start unless ALLOW_INSECURE_BIND (then logged)."""
+        exposed = []
+        if not self.api_tokens_file and not is_loopback(self.host):
+            exposed.append(
+                f"HOST: {self.host!r} is not a loopback address and API_TOKENS_FILE is not "
+                "set: add bearer tokens (`featurestore keys token`)"
+            )
+        if self.zmq_curve_keys_dir:
+            return exposed
+        for name in ZMQ_BOUND_ENDPOINTS:
+            exposed.extend(
+                f"{name}: {endpoint.strip()} is not a loopback address and ZMQ_CURVE_KEYS_DIR "
+                "is not set: add CURVE keys (`featurestore keys generate`)"
+                for endpoint in getattr(self, name.lower()).split(",")
+                if not endpoint_is_local(endpoint)
+            )
+        return exposed
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -248,6 +281,39 @@ def _read(name: str, var: _Var, raw: str) -> Any:
     if var.maximum is not None and value > var.maximum:
         raise ConfigError(f"{name}: invalid value {raw!r}: must be at most {var.maximum}")
     return value
+
+
+# The endpoints a process of the stack binds (broker, drift): CURVE when not loopback.
+ZMQ_BOUND_ENDPOINTS = (
+    "BROKER_FRONTEND",
+    "BROKER_BACKEND",
+    "DRIFT_FEATURES_ENDPOINT",
+    "DRIFT_PUB_ENDPOINT",
+)
+LOOPBACK_NAMES = frozenset({"localhost", "lo"})  # `lo`: ZeroMQ binds interface names too
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` reaches this machine only: 127.0.0.0/8, ::1, localhost. A wildcard
+    (0.0.0.0, ::, *), a real address, an interface or host name may be reached from others."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def endpoint_is_local(endpoint: str) -> bool:
+    """ipc and inproc are local; tcp://HOST:PORT when HOST is loopback."""
+    scheme, _, rest = endpoint.strip().partition("://")
+    if scheme != "tcp":
+        return True
+    address = rest.rsplit(";", 1)[-1]  # tcp://SOURCE;HOST:PORT (connect): the peer counts
+    return is_loopback(address.rpartition(":")[0])
 
 
 def default_cache_name(data_dir: str) -> str:

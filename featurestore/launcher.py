@@ -33,6 +33,7 @@ import zmq
 
 from featurestore.client import Client
 from featurestore.config import Settings
+from featurestore.curve import internal_keys
 from featurestore.errors import ServiceError
 from featurestore.processes import PARENT_PID_VARIABLE
 from featurestore.stacklock import OWNER_VARIABLE, StackLock
@@ -235,6 +236,8 @@ class Stack:
         return self.processes[name].restarts
 
     def client(self, **options: Any) -> Client:
+        """A client of the front end; with the stack's internal CURVE keys when it has some."""
+        options.setdefault("curve", internal_keys(self.settings))
         return Client(self.frontend, **options)
 
     # ----------------------------------------------------------------------- stop

@@ -1,9 +1,9 @@
 """What every role's entry point does first: keep its files private, read the settings (stop
-with EXIT_CONFIG naming a bad variable), die with its parent, set up logging, check its
-stack's claim on DATA_DIR (stop with EXIT_UNAVAILABLE naming the other stack); then run the
-role. A store that is corrupt or not ours stops the role with one line and EXIT_DATA
-(supervisord does not restart it); one that cannot be opened now, with one line and
-EXIT_IOERR (it does)."""
+with EXIT_CONFIG naming a bad variable, key or token file), die with its parent, set up
+logging, check its stack's claim on DATA_DIR (stop with EXIT_UNAVAILABLE naming the other
+stack); then run the role. A store that is corrupt or not ours stops the role with one line
+and EXIT_DATA (supervisord does not restart it); one that cannot be opened now, with one line
+and EXIT_IOERR (it does)."""
 
 from __future__ import annotations
 
@@ -28,25 +28,32 @@ def run_role(
 ) -> int:
     """Start role `label` (its log name) of `program` (its command name); an exit code.
 
-    `root_when_alone`: this role holds the DATA_DIR lock when no stack root started it."""
+    `root_when_alone`: this role holds the DATA_DIR lock when no stack root started it. A
+    ConfigError raised while the role starts (a key or token file it loads) ends it the same
+    way as a bad variable: one line, EXIT_CONFIG."""
     restrict_new_files()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"{program}: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(program, f"configuration error: {exc}", EXIT_CONFIG)
     die_with_parent()
-    setup_logging(label, settings.log_level)
+    log = setup_logging(label, settings.log_level)
+    for exposed in settings.exposed_binds():  # allowed by ALLOW_INSECURE_BIND
+        log.warning("ALLOW_INSECURE_BIND: %s", exposed)
     try:
         with claimed_stack(settings.data_dir, label, root_when_alone=root_when_alone):
             run(settings)
+    except ConfigError as exc:
+        return _fail(program, f"configuration error: {exc}", EXIT_CONFIG)
     except StackBusy as exc:
-        print(f"{program}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_UNAVAILABLE
+        return _fail(program, str(exc), EXIT_UNAVAILABLE)
     except StoreCorrupt as exc:
-        print(f"{program}: data error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_DATA
+        return _fail(program, f"data error: {exc}", EXIT_DATA)
     except StoreUnavailable as exc:
-        print(f"{program}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_IOERR
+        return _fail(program, str(exc), EXIT_IOERR)
     return EXIT_OK
+
+
+def _fail(program: str, message: str, code: int) -> int:
+    print(f"{program}: {message}", file=sys.stderr, flush=True)
+    return code

@@ -34,8 +34,9 @@ class Outcome:
 class Connection:
     """One HTTP/1.1 keep-alive connection."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, token: str | None = None) -> None:
         self.host, self.port = host, port
+        self.auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -44,7 +45,7 @@ class Connection:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         payload = body or b""
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         self.writer.write(head.encode() + payload)
@@ -129,8 +130,7 @@ class Mix:
         return "drift_report", "GET", "/drift/report", None
 
 
-async def _client(host: str, port: int, mix: Mix, deadline: float, outcome: Outcome) -> None:
-    connection = Connection(host, port)
+async def _client(connection: Connection, mix: Mix, deadline: float, outcome: Outcome) -> None:
     try:
         while time.monotonic() < deadline:
             name, method, path, body = mix.next()
@@ -170,12 +170,16 @@ async def run_stress(
     duration_s: float,
     concurrency: int,
     seed: int = 1,
+    token: str | None = None,
 ) -> dict:
+    """The mixed load; `token`: a write bearer token when the gateway has API_TOKENS_FILE."""
     outcome = Outcome()
     started = time.monotonic()
     deadline = started + duration_s
     tasks = [
-        asyncio.create_task(_client(host, port, Mix(entity_ids, seed + i), deadline, outcome))
+        asyncio.create_task(
+            _client(Connection(host, port, token), Mix(entity_ids, seed + i), deadline, outcome)
+        )
         for i in range(concurrency)
     ]
     await asyncio.sleep(min(RSS_CHECKPOINT_S, duration_s))  # the 10 s checkpoint itself

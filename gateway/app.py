@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from sanic import HTTPResponse, Request, Sanic
 
 from featurestore.config import Settings
+from featurestore.curve import internal_keys
 from featurestore.logs import setup_logging
+from featurestore.tokens import tokens_from_settings
 from gateway.context import Gateway
 from gateway.http import finish, render_error
 from gateway.manager import GRACEFUL_SHUTDOWN_S
@@ -15,10 +19,11 @@ from gateway.routes.features import features
 from gateway.routes.system import system
 
 APP_NAME = "featurestore"
+log = logging.getLogger("gateway")
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
-    """The app; called once per Sanic worker process (the factory of `gateway.main`)."""
+    """The app of one HTTP server process (gateway/server.py)."""
     settings = settings or Settings.from_env()
     setup_logging("gateway", settings.log_level)  # each server process
     app = Sanic(APP_NAME, request_class=GatewayRequest)
@@ -31,6 +36,12 @@ def create_app(settings: Settings | None = None) -> Sanic:
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.ctx.settings = settings
+    # Read in every server process (the gateway's main process checked them before it
+    # started any: a bad file stops the gateway with EXIT_CONFIG).
+    app.ctx.tokens = tokens_from_settings(settings)
+    app.ctx.curve = internal_keys(settings)
+    if app.ctx.tokens is not None and not len(app.ctx.tokens):
+        log.warning("API_TOKENS_FILE lists no token: every route but /health answers 401")
     app.blueprint([features, events, system])
     app.before_server_start(_open)
     app.after_server_stop(_close)
@@ -39,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
 
 async def _open(app: Sanic) -> None:
-    app.ctx.gw = await Gateway.open(app.ctx.settings)
+    app.ctx.gw = await Gateway.open(app.ctx.settings, app.ctx.curve)
 
 
 async def _close(app: Sanic) -> None:

@@ -13,6 +13,7 @@ import orjson
 
 from featurestore.client import AsyncClient
 from featurestore.config import Settings
+from featurestore.curve import CurveClient
 from featurestore.features.registry import definitions
 from featurestore.protocol import Op, Reply
 from gateway.metrics import MetricsBoard
@@ -33,8 +34,8 @@ class Gateway:
     repeats: Iterator[int] = field(default_factory=lambda: itertools.count(2))
 
     @classmethod
-    async def open(cls, settings: Settings) -> Gateway:
-        client = AsyncClient(settings.broker_frontend)
+    async def open(cls, settings: Settings, curve: CurveClient | None = None) -> Gateway:
+        client = AsyncClient(settings.broker_frontend, curve=curve)
         await client.start()
         return cls(
             settings=settings,

@@ -24,6 +24,7 @@ from sanic.exceptions import (
 from featurestore.client import new_request_id
 from featurestore.errors import RETRYABLE, Code, ServiceError
 from featurestore.protocol import MAX_REQUEST_ID_BYTES
+from gateway.auth import AuthError, authorize, required_scope
 
 JSON = "application/json"
 log = logging.getLogger("gateway")
@@ -132,9 +133,12 @@ def error_response(error: ServiceError, headers: dict | None = None) -> HTTPResp
 
 
 def error_headers(exc: Exception) -> dict:
-    """Headers an error must keep, e.g. the `Allow` of a 405 (RFC 9110 section 15.5.6)."""
+    """Headers an error must keep, e.g. the `Allow` of a 405 (RFC 9110 section 15.5.6), the
+    `WWW-Authenticate` of a 401 or 403 (RFC 6750)."""
     if isinstance(exc, MethodNotAllowed) and exc.allowed_methods:
         return {"Allow": ", ".join(sorted(exc.allowed_methods))}
+    if isinstance(exc, AuthError):
+        return {"WWW-Authenticate": exc.challenge}
     return {}
 
 
@@ -173,16 +177,20 @@ def as_service_error(exc: Exception) -> ServiceError:
 
 
 def instrumented(handler: Callable[..., Awaitable[HTTPResponse]]):
-    """Wrap a route: request id in and out, latency, metrics, errors as JSON.
+    """Wrap a route: request id in and out, bearer token (gateway.auth), latency, metrics,
+    errors as JSON.
 
     Done here rather than in request/response middleware: Sanic runs middleware as extra
     coroutines on every request, a cost the cached path cannot afford."""
+    required = required_scope(handler)
 
     @functools.wraps(handler)
     async def run(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
         request.ctx.started = time.perf_counter()
         try:
             request.ctx.rid = request_id_of(request)
+            if required is not None and (tokens := request.app.ctx.tokens) is not None:
+                authorize(request.headers.get("authorization"), tokens, required)
             response = await handler(request, *args, **kwargs)
         except Exception as exc:  # every error becomes the JSON shape of the catalogue
             if not hasattr(request.ctx, "rid"):

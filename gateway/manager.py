@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass
 
 from featurestore.config import Settings
+from featurestore.curve import check_keys
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_OK, FINAL_EXIT_CODES
 from featurestore.processes import PARENT_PID_VARIABLE
+from featurestore.tokens import tokens_from_settings
 from gateway.server import INDEX_VARIABLE, SOCKET_FD_VARIABLE
 
 log = logging.getLogger("gateway")
@@ -59,6 +61,8 @@ def listen(host: str, port: int) -> socket.socket:
 class GatewayManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        check_keys(settings)  # a bad key or tokens file: ConfigError before any server starts
+        tokens_from_settings(settings)
         self.listener = listen(settings.host, settings.port)
         self.servers: dict[int, Server] = {}
         self.stopping = threading.Event()

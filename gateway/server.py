@@ -29,7 +29,11 @@ def main() -> int:
     from gateway.app import create_app
 
     listener = socket.socket(fileno=int(os.environ[SOCKET_FD_VARIABLE]))
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:  # a key or tokens file changed since the main process read it
+        print(f"featurestore-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     app.run(sock=listener, single_process=True, access_log=False, motd=False)
     return EXIT_OK
 

@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 import zmq
 
+from featurestore.curve import CurveClient, secure_client
 from featurestore.protocol import vectors_frames
 
 PUBLISH_HWM = 1000
@@ -20,7 +21,14 @@ CONNECT_WAIT_S = 2.0  # at start, how long a worker waits for the drift process 
 
 
 class VectorPublisher:
-    def __init__(self, context: zmq.Context, endpoint: str, worker_id: str, enabled: bool):
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        worker_id: str,
+        enabled: bool,
+        curve: CurveClient | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.sequence = 0
         self.socket: zmq.Socket | None = None
@@ -28,15 +36,17 @@ class VectorPublisher:
             self.socket = context.socket(zmq.PUB)
             self.socket.setsockopt(zmq.LINGER, 0)
             self.socket.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
+            secure_client(self.socket, curve)
             for address in endpoint.split(","):
                 self.socket.connect(address.strip())
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """Wait (bounded) until the drift process accepted this socket, so the first vectors
-        are not dropped while the connection is still being made. False if it did not."""
+        """Wait (bounded) until the drift process accepted this socket (the handshake, CURVE's
+        included, is done), so the first vectors are not dropped while the connection is still
+        being made. False if it did not."""
         if self.socket is None:
             return True
-        monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED)
+        monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
             return bool(monitor.poll(int(timeout_s * 1000)))
         finally:

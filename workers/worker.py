@@ -22,6 +22,7 @@ import zmq
 
 from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
+from featurestore.curve import CurveClient
 from featurestore.errors import Code, ServiceError
 from featurestore.logs import rid
 from featurestore.protocol import (
@@ -56,8 +57,11 @@ class ComputeThread(threading.Thread):
         settings: Settings,
         worker_id: str,
         figures: Figures,
+        *,
+        curve: CurveClient | None = None,
     ) -> None:
         super().__init__(name=f"compute-{worker_id}", daemon=True)
+        self.curve = curve
         self.context = context
         self.address = address
         self.settings = settings
@@ -81,6 +85,7 @@ class ComputeThread(threading.Thread):
                 self.settings.drift_features_endpoint,
                 self.worker_id,
                 self.settings.enable_drift_monitoring,
+                self.curve,
             )
         except BaseException as exc:  # the main thread raises it (no thread traceback)
             self.failure = exc
@@ -169,7 +174,9 @@ class Worker:
         self.pair = self.context.socket(zmq.PAIR)
         self.pair.setsockopt(zmq.LINGER, 0)
         self.pair.bind(address)
-        self.compute = ComputeThread(self.context, address, settings, worker_id, self.figures)
+        self.compute = ComputeThread(
+            self.context, address, settings, worker_id, self.figures, curve=self.link.curve
+        )
         self.busy = False
         self.stopping = False
 

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     stress.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     stress.add_argument("--url", default=None, help="gateway URL (default http://HOST:PORT)")
     stress.add_argument("--output", default=None, help="also write the result as JSON here")
+    stress.add_argument(
+        "--token", default=None, help="a write bearer token, when API_TOKENS_FILE is set"
+    )
     stress.set_defaults(run=run_stress_command)
 
 
@@ -53,6 +56,7 @@ def run_stress_command(args: argparse.Namespace, settings: Settings) -> int:
             entity_ids(settings),
             duration_s=args.duration,
             concurrency=args.concurrency,
+            token=args.token,
         )
     )
     print("\n".join(report_lines(result)))

@@ -22,6 +22,7 @@ from pathlib import Path
 from featurestore.cli.common import CommandError, common_options, progress_bar
 from featurestore.client import Client
 from featurestore.config import Settings
+from featurestore.curve import check_keys, internal_keys
 from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
 from featurestore.errors import ServiceError
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_UNAVAILABLE
@@ -31,6 +32,7 @@ from featurestore.stacklock import StackBusy, StackLock
 from featurestore.store.sqlite import open_store
 from featurestore.supervisor import given_up, program_pids, start_supervisord
 from featurestore.timestamps import now_ms
+from featurestore.tokens import tokens_from_settings
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
@@ -120,7 +122,7 @@ def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
     if not _port_open(host, settings.port):
         return False
     try:
-        with Client(settings.broker_frontend, timeout_ms=1000) as fs:
+        with Client(settings.broker_frontend, timeout_ms=1000, curve=internal_keys(settings)) as fs:
             return fs.health()["workers"]["alive"] >= settings.max_workers
     except ServiceError:
         return False
@@ -131,6 +133,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with _take_data_dir(settings) as lock:
         if _port_open(host, settings.port):
             raise CommandError(f"port {settings.port} is already in use (another service?)")
+        check_keys(settings)  # a bad key or tokens file: EXIT_CONFIG now, not from supervisord
+        tokens_from_settings(settings)
         # Pre-flight: a corrupt or foreign store is reported here in one line (and migrated
         # here, once, before any worker opens it).
         open_store(

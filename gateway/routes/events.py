@@ -12,6 +12,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.protocol import Op
 from featurestore.queries import entity_id_of, invalid, require_object
+from gateway.auth import writes
 from gateway.http import instrumented, json_body, json_response
 
 events = Blueprint("events")
@@ -19,6 +20,7 @@ events = Blueprint("events")
 
 @events.post("/events", name="events")
 @instrumented
+@writes
 async def post_events(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     body = require_object(json_body(request))
@@ -28,6 +30,7 @@ async def post_events(request: Request) -> HTTPResponse:
 
 @events.delete("/entities/<entity_id:path>", name="entities_delete")
 @instrumented
+@writes
 async def delete_entity(request: Request, entity_id: str) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:  # strict: a percent-encoding that is not UTF-8 names no entity (not U+FFFD's)

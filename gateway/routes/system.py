@@ -9,6 +9,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.errors import ServiceError
 from featurestore.protocol import Op
+from gateway.auth import open_route, writes
 from gateway.http import JSON, instrumented, json_body, json_response
 from gateway.metrics import render
 
@@ -32,6 +33,7 @@ def gateway_memory(pids: list[int]) -> dict[str, int]:
 
 @system.get("/health", name="health")
 @instrumented
+@open_route
 async def health(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
@@ -57,6 +59,7 @@ async def health(request: Request) -> HTTPResponse:
 
 @system.post("/cache/clear", name="cache_clear")
 @instrumented
+@writes
 async def clear_cache(request: Request) -> HTTPResponse:
     return json_response({"cleared": request.app.ctx.gw.cache.clear()})
 
@@ -89,6 +92,7 @@ async def drift_report(request: Request) -> HTTPResponse:
 
 @system.post("/drift/baseline", name="drift_baseline")
 @instrumented
+@writes
 async def drift_baseline(request: Request) -> HTTPResponse:
     reply = await request.app.ctx.gw.call(Op.DRIFT_BASELINE, json_body(request), request.ctx.rid)
     return json_response(reply.body)

@@ -151,6 +151,7 @@ def test_endpoints_accept_tcp_ipc_and_lists() -> None:
             "BROKER_FRONTEND": "tcp://127.0.0.1:6000,ipc:///tmp/fs-front",
             "BROKER_BACKEND": "ipc:///tmp/fs-back",
             "DRIFT_FEATURES_ENDPOINT": "tcp://*:7000",
+            "ZMQ_CURVE_KEYS_DIR": "/etc/featurestore/keys",  # a wildcard bind needs CURVE
         }
     )
     assert settings.broker_frontend == "tcp://127.0.0.1:6000,ipc:///tmp/fs-front"
@@ -236,6 +237,73 @@ def test_drift_min_current_must_not_exceed_the_window() -> None:
         Settings.from_env({"DRIFT_WINDOW_SIZE": "100", "DRIFT_MIN_CURRENT": "101"})
     equal = Settings.from_env({"DRIFT_WINDOW_SIZE": "100", "DRIFT_MIN_CURRENT": "100"})
     assert (equal.drift_window_size, equal.drift_min_current) == (100, 100)
+
+
+# ------------------------------------------------------------------- exposed binds (§11)
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "*", "10.1.2.3", "eth0", "fs.example.com"])
+def test_a_non_loopback_http_host_needs_tokens(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"^HOST: .*API_TOKENS_FILE.*ALLOW_INSECURE_BIND"):
+        Settings.from_env({"HOST": host})
+    assert Settings.from_env({"HOST": host, "API_TOKENS_FILE": "/etc/fs/tokens.toml"}).host == host
+    assert Settings.from_env({"HOST": host, "ALLOW_INSECURE_BIND": "true"}).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
+def test_a_loopback_http_host_needs_nothing(host: str) -> None:
+    assert Settings.from_env({"HOST": host}).host == host
+
+
+@pytest.mark.parametrize("name", config.ZMQ_BOUND_ENDPOINTS)
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://0.0.0.0:7000", "tcp://*:7000", "tcp://10.1.2.3:7000", "tcp://eth0:7000"]
+)
+def test_a_non_loopback_zmq_bind_needs_curve(name: str, endpoint: str) -> None:
+    listed = f"ipc:///tmp/fs-x,{endpoint}"  # one exposed endpoint of a list is enough
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: listed})
+    message = str(caught.value)
+    assert message.startswith(f"{name}: {endpoint} ")
+    assert "ZMQ_CURVE_KEYS_DIR" in message and "ALLOW_INSECURE_BIND" in message
+    assert Settings.from_env({name: listed, "ZMQ_CURVE_KEYS_DIR": "/etc/fs/keys"})
+    assert Settings.from_env({name: listed, "ALLOW_INSECURE_BIND": "true"})
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://127.0.0.1:7000",
+        "tcp://127.9.9.9:7000",
+        "tcp://localhost:7000",
+        "tcp://[::1]:7000",
+        "tcp://lo:7000",
+        "ipc:///tmp/fs-x",
+        "inproc://fs-x",
+    ],
+)
+def test_local_zmq_endpoints_need_nothing(endpoint: str) -> None:
+    assert Settings.from_env({"BROKER_BACKEND": endpoint}).broker_backend == endpoint
+
+
+def test_allowed_exposed_binds_are_listed_for_the_log() -> None:
+    allowed = Settings.from_env(
+        {"HOST": "0.0.0.0", "BROKER_FRONTEND": "tcp://*:1", "ALLOW_INSECURE_BIND": "true"}
+    )
+    assert [e.split(":")[0] for e in allowed.exposed_binds()] == ["HOST", "BROKER_FRONTEND"]
+    assert Settings.from_env({}).exposed_binds() == []
+
+
+def test_key_and_token_paths_are_made_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"ZMQ_CURVE_KEYS_DIR": "keys", "API_TOKENS_FILE": "t.toml"})
+    assert settings.zmq_curve_keys_dir == str(tmp_path.resolve() / "keys")
+    assert settings.api_tokens_file == str(tmp_path.resolve() / "t.toml")
+
+
+def test_tokens_do_not_cover_zmq_nor_curve_http() -> None:
+    with pytest.raises(ConfigError, match=r"^BROKER_FRONTEND: "):
+        Settings.from_env({"BROKER_FRONTEND": "tcp://*:1", "API_TOKENS_FILE": "/t.toml"})
+    with pytest.raises(ConfigError, match=r"^HOST: "):
+        Settings.from_env({"HOST": "0.0.0.0", "ZMQ_CURVE_KEYS_DIR": "/etc/fs/keys"})
 
 
 # ------------------------------------------------------------------------------- cache name
@@ -328,6 +396,7 @@ def _featurestore() -> str:
     [
         ({"CACHE_MAX_SIZE": "abc"}, "CACHE_MAX_SIZE"),
         ({"REQUEST_TIMEOUT_MS": "100"}, "HEARTBEAT_INTERVAL_MS"),
+        ({"HOST": "0.0.0.0"}, "ALLOW_INSECURE_BIND"),
     ],
 )
 def test_cli_stops_with_exit_config_naming_the_variable(
