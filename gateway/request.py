@@ -24,7 +24,10 @@ class GatewayRequest(Request):
             async with asyncio.timeout(timeout_s):
                 self.body = b"".join([data async for data in self.stream])
         except TimeoutError:
-            self.stream.keep_alive = False  # the rest of that body must not be read as a request
+            # Close the connection after the answer: the rest of that body must neither be read
+            # as the next request nor waited for (Sanic drains an unread body otherwise).
+            self.stream.keep_alive = False
+            self.stream.request_body = None
             raise ServiceError(
                 Code.REQUEST_TIMEOUT,
                 f"the request body was not received within {timeout_s:g} s (HTTP_READ_TIMEOUT_MS)",

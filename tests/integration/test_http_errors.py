@@ -35,6 +35,9 @@ from featurestore.timestamps import now_ms
 
 LIMITS = {"BATCH_MAX_ENTITIES": 50, "HISTORICAL_MAX_ROWS": 40, "EVENTS_MAX_PER_REQUEST": 30}
 MAX_BODY_BYTES = 65_536
+READ_TIMEOUT_MS = 1500
+MAX_HEADER_BYTES = 4096
+RAW_TIMEOUT_S = 20.0
 MISSING = "user_missing_0"
 T = DEMO_END_MS - DAY_MS
 POST_PATHS = ("/features", "/features/batch", "/features/historical", "/events", "/drift/baseline")
@@ -44,7 +47,12 @@ ID_256_BYTES = "é" * 128
 
 @pytest.fixture(scope="module")
 def stack(demo_dir: Path) -> Iterator[Stack]:
-    env = {**{k: str(v) for k, v in LIMITS.items()}, "MAX_BODY_BYTES": str(MAX_BODY_BYTES)}
+    env = {
+        **{k: str(v) for k, v in LIMITS.items()},
+        "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "HTTP_READ_TIMEOUT_MS": str(READ_TIMEOUT_MS),
+        "HTTP_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
+    }
     with gateway_stack(demo_dir, workers=2, env=env) as running:
         yield running
 
@@ -333,6 +341,53 @@ def test_body_too_large(api: httpx.Client) -> None:
         assert "MAX_BODY_BYTES" in answer["message"]
     # the stack still serves
     assert ok_json(api.post("/features", json={"entity_id": entity(4)}))["entity_id"] == entity(4)
+
+
+def raw_exchange(stack: Stack, data: bytes) -> tuple[int, dict, str]:
+    """(status, JSON body, raw head) of what the gateway answers to raw bytes on a new
+    connection, which it then closes."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", stack.settings.port), timeout=RAW_TIMEOUT_S) as s:
+        s.sendall(data)
+        received = b""
+        while chunk := s.recv(65536):  # until the gateway closes the connection
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body), head.decode().lower()
+
+
+def test_oversized_headers_are_431(stack: Stack) -> None:
+    big = b"X-Padding: " + b"a" * (MAX_HEADER_BYTES * 2) + b"\r\n"
+    status, body, _ = raw_exchange(stack, b"GET /health HTTP/1.1\r\nHost: t\r\n" + big + b"\r\n")
+    assert (status, body["error"]) == (431, "headers_too_large")
+    assert "HTTP_MAX_HEADER_BYTES" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"POST /features HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+            b'Content-Type: application/json\r\n\r\n5\r\n{"ent',
+            id="unterminated-chunked-body",
+        ),
+        pytest.param(
+            b'POST /events HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{"events',
+            id="short-body",
+        ),
+        pytest.param(b"POST /features HTTP/1.1\r\nHost: t\r\n", id="unfinished-headers"),
+    ],
+)
+def test_a_request_that_stops_arriving_is_408_within_the_read_timeout(
+    stack: Stack, request_bytes: bytes
+) -> None:
+    started = time.monotonic()
+    status, body, head = raw_exchange(stack, request_bytes)
+    assert (status, body["error"]) == (408, "request_timeout")
+    assert "connection: close" in head
+    assert time.monotonic() - started < RAW_TIMEOUT_S  # answered, not left hanging
 
 
 def test_batch_too_large(api: httpx.Client) -> None:
