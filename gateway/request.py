@@ -19,6 +19,12 @@ class GatewayRequest(Request):
     async def receive_body(self) -> None:
         if self.body:
             return
+        http = self.stream
+        if http.request_body is True and len(http.recv_buffer) >= http.request_bytes_left:
+            # The whole Content-Length body is already here (the usual case): nothing can
+            # stall, so no timer (arming one costs ~8 % of a cached request's throughput).
+            self.body = b"".join([data async for data in http])
+            return
         timeout_s = self.app.config.REQUEST_TIMEOUT
         try:
             async with asyncio.timeout(timeout_s):
