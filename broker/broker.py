@@ -56,10 +56,12 @@ from featurestore.protocol import (
     unpack,
 )
 from featurestore.queries import parse_batch, parse_get, parse_historical, require_object
+from featurestore.runtime import give_back_free_memory
 from featurestore.timestamps import now_ms
 from shm import FeatureCache
 
 log = logging.getLogger("broker")
+TRIM_AFTER_BYTES = 16 << 20  # backlog let go before the broker gives memory back
 FRONTEND_RCVHWM = 100  # requests ZeroMQ queues per client while the loop is busy (backpressure)
 BACKEND_HWM = 100_000  # messages to and from the stack's own workers
 HARD_SIZE_FACTOR = 4  # ZeroMQ itself drops a peer sending frames over 4x ZMQ_MAXMSGSIZE
@@ -142,6 +144,7 @@ class Broker:
                 self.clients.flush()
             if time.monotonic() >= self.next_heartbeat:
                 self.cache.verify()
+                self.give_back_memory()
                 self.send_heartbeats()
                 self.purge_workers()
                 self.expire_requests()
@@ -385,6 +388,13 @@ class Broker:
             return
         self.forget(pending)
         self.reply(pending.client, reply)
+
+    def give_back_memory(self) -> None:
+        """Once clients that stopped reading have been let go of and nothing is backlogged,
+        return the freed memory to the kernel (the broker's RSS goes back to its baseline)."""
+        if self.clients.released_bytes >= TRIM_AFTER_BYTES and not self.clients.backlogged:
+            self.clients.take_released()
+            give_back_free_memory()
 
     def message_figures(self) -> dict:
         return {"malformed": sum(self.malformed.values()), **self.clients.figures()}

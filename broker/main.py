@@ -6,13 +6,11 @@ import sys
 
 from featurestore.config import Settings
 from featurestore.roles import run_role
-from featurestore.runtime import return_large_blocks
 
 
 def run(settings: Settings) -> None:
     from broker.broker import Broker
 
-    return_large_blocks()
     Broker(settings).run()
 
 

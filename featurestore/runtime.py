@@ -9,28 +9,25 @@ M_TRIM_THRESHOLD = -1  # malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 64 << 20
 TRIM_THRESHOLD_BYTES = 256 << 20
-RETURN_THRESHOLD_BYTES = 256 << 10
 
 
-def _mallopt(settings: tuple[tuple[int, int], ...]) -> None:
+def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:
-        return
-    for option, value in settings:
-        libc.mallopt(option, value)
+        return None
 
 
-def return_large_blocks() -> None:
-    """The opposite, for the broker: its large blocks are replies of other processes' making
-    that come and go with clients, so each is mapped fresh and unmapped on free (a fixed
-    threshold also stops glibc from raising it), and memory goes back to the baseline once a
-    client is gone."""
-    _mallopt(
-        ((M_MMAP_THRESHOLD, RETURN_THRESHOLD_BYTES), (M_TRIM_THRESHOLD, RETURN_THRESHOLD_BYTES))
-    )
+def give_back_free_memory() -> None:
+    """Return the heap's free pages to the kernel (glibc malloc_trim). For the broker after
+    it dropped a large backlog: glibc keeps freed blocks for reuse, which is what makes
+    repeated replies cheap, so the broker trims once when a client's backlog is let go
+    rather than mapping every block afresh (that cost 40 % of its batch throughput)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def keep_large_arrays_in_heap() -> None:
@@ -38,4 +35,7 @@ def keep_large_arrays_in_heap() -> None:
     kernel and unmaps it on free, so each batch computation pays page faults for its
     multi-MB NumPy temporaries again. Raising the thresholds lets freed blocks be reused.
     Memory stays bounded: the blocks are the same sizes call after call."""
-    _mallopt(((M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)))
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
