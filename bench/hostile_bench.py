@@ -26,7 +26,9 @@ import zmq
 from common import demo_store, report
 
 from featurestore.launcher import Stack
-from featurestore.protocol import Op, Request
+from featurestore.wire.envelope import request_frames
+from featurestore.wire.frames import Op
+from featurestore.wire.messages import BatchRequest
 
 IDS = 10_000
 FRAMES = 3_000_000
@@ -49,7 +51,7 @@ def flood(stack: Stack, ids: list[str], requests: int) -> dict:
     peak = baseline
     started = time.perf_counter()
     for i in range(requests):
-        greedy.send_multipart(Request(f"flood-{i}", Op.BATCH, {"entity_ids": ids}).encode())
+        greedy.send_multipart(request_frames(i + 1, f"flood-{i}", Op.BATCH, BatchRequest(ids)))
         if i % 25 == 0:
             peak = max(peak, rss(broker))
     deadline = time.monotonic() + 10

@@ -26,11 +26,11 @@ import zmq
 from common import alternating, demo_store, report, store_copy
 
 from featurestore import curve
-from featurestore.client import Client
 from featurestore.curve import CurveClient, load_client_keys
 from featurestore.demo import entity_name
 from featurestore.launcher import Stack, free_port
-from featurestore.protocol import Op
+from featurestore.wire.client import Client
+from featurestore.wire.frames import Op
 
 BLOCK = 250  # requests per configuration before switching to the other
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from featurestore.protocol import NOBLOCK, copy_small
+from featurestore.wire.frames import NOBLOCK, copy_small
 
 log = logging.getLogger("broker")
 FRONTEND_SNDHWM = 16  # replies ZeroMQ queues per client before the outbox takes over
@@ -45,7 +45,6 @@ class ClientBook:
         self.outboxes: dict[bytes, Outbox] = {}
         self.dropped_replies = 0
         self.stalled_clients = 0
-        self.released_bytes = 0  # backlog let go since the broker last gave memory back
 
     # -- requests in progress
     def has_room(self, client: bytes) -> bool:
@@ -120,14 +119,8 @@ class ClientBook:
 
     def _forget(self, client: bytes, outbox: Outbox) -> None:
         self.dropped_replies += len(outbox.replies)
-        self.released_bytes += outbox.size
         outbox.replies.clear()
         self.outboxes.pop(client, None)
-
-    def take_released(self) -> int:
-        """Bytes of backlog let go since the last call (and start counting again)."""
-        released, self.released_bytes = self.released_bytes, 0
-        return released
 
     def figures(self) -> dict[str, int]:
         return {

@@ -7,7 +7,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from featurestore.protocol import SERVICE_DRIFT, SERVICE_FEATURES
+from featurestore.wire.frames import SERVICE_DRIFT, SERVICE_FEATURES
+from featurestore.wire.messages import WorkerSummary
 
 
 @dataclass
@@ -23,18 +24,18 @@ class WorkerState:
     compute_ms: float = 0.0
     jobs: int = 0
 
-    def summary(self) -> dict:
+    def summary(self) -> WorkerSummary:
         avg = self.compute_ms / self.computes if self.computes else 0.0
-        return {
-            "id": self.worker_id,
-            "pid": self.pid,
-            "computes": self.computes,
-            "avg_compute_latency_ms": round(avg, 4),
-            "jobs": self.jobs,
-            "busy": self.job is not None,
-            "ingested": self.figures.get("ingested", 0),
-            "errors": self.figures.get("errors", 0),
-        }
+        return WorkerSummary(
+            id=self.worker_id,
+            pid=self.pid,
+            computes=self.computes,
+            avg_compute_latency_ms=round(avg, 4),
+            jobs=self.jobs,
+            busy=self.job is not None,
+            ingested=int(self.figures.get("ingested", 0)),
+            errors=int(self.figures.get("errors", 0)),
+        )
 
 
 class Registry:

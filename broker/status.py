@@ -1,17 +1,27 @@
-"""The broker's own answers: `stats` and `health`, from per-worker figures and the cache."""
+"""The broker's own answers: `stats` and `health` (typed: wire.messages), from per-worker
+figures, its own counters and the cache."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import psutil
 
 from broker.registry import Registry
 from featurestore.config import Settings
-from featurestore.protocol import SERVICE_DRIFT, SERVICE_FEATURES, Op
-from featurestore.results import CACHE_STATS_FIELDS
 from featurestore.store.base import STORE_OK, STORE_UNAVAILABLE
+from featurestore.wire.frames import SERVICE_DRIFT, SERVICE_FEATURES, Op
+from featurestore.wire.messages import (
+    Alive,
+    CacheStats,
+    DriftBaselineAnswer,
+    DriftReport,
+    Health,
+    MessageFigures,
+    Stats,
+)
+
+MESSAGE_FIGURES = ("dropped_replies", "stalled_clients", "backlogged_clients", "backlog_bytes")
 
 
 def rss_of(pid: int) -> int | None:
@@ -22,54 +32,47 @@ def rss_of(pid: int) -> int | None:
 
 
 class BrokerStatus:
-    def __init__(
-        self,
-        settings: Settings,
-        registry: Registry,
-        cache,
-        messages: Callable[[], dict] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, registry: Registry, cache) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
-        self.messages = messages or dict
         self.started = time.monotonic()
         self.pid = psutil.Process().pid
 
-    def stats(self) -> dict:
+    def stats(self, figures: dict) -> Stats:
+        """`figures`: the broker's own message counters (malformed, dropped replies...)."""
         cache = self.cache.stats()
         computes, compute_ms = self.registry.totals()
         workers = sorted(
-            (s.summary() for s in self.registry.alive(SERVICE_FEATURES)), key=lambda w: w["id"]
+            (s.summary() for s in self.registry.alive(SERVICE_FEATURES)), key=lambda w: w.id
         )
-        return {
-            "total_computes": computes,
-            "cache_hits": cache["hits"],
-            "cache_misses": cache["misses"],
-            "cache_hit_rate": cache["hit_rate"],
-            "avg_compute_latency_ms": round(compute_ms / computes, 4) if computes else 0.0,
-            "cache_stats": {k: cache[k] for k in CACHE_STATS_FIELDS},
-            "workers": workers,
-            "messages": self.message_figures(),
-        }
+        return Stats(
+            total_computes=computes,
+            cache_hits=cache["hits"],
+            cache_misses=cache["misses"],
+            cache_hit_rate=cache["hit_rate"],
+            avg_compute_latency_ms=round(compute_ms / computes, 4) if computes else 0.0,
+            cache_stats=CacheStats(**{k: cache[k] for k in CacheStats.__struct_fields__}),
+            workers=workers,
+            messages=self.message_figures(figures),
+        )
 
-    def message_figures(self) -> dict:
+    def message_figures(self, figures: dict) -> MessageFigures:
         """Malformed messages dropped by each receiver, and replies the front end dropped
         for clients that stopped reading (SPEC §11)."""
-        figures = dict(self.messages())
-        broker = figures.pop("malformed", 0)
         workers = self.registry.retired_malformed + sum(
             int(s.figures.get("malformed", 0)) for s in self.registry.alive(SERVICE_FEATURES)
         )
         drift = sum(int(s.figures.get("malformed", 0)) for s in self.registry.alive(SERVICE_DRIFT))
-        return {"malformed": {"broker": broker, "workers": workers, "drift": drift}, **figures}
+        malformed = {"broker": int(figures.get("malformed", 0)), "workers": workers, "drift": drift}
+        return MessageFigures(malformed, *(int(figures.get(k, 0)) for k in MESSAGE_FIGURES))
 
     def drift_state(self) -> str:
         if not self.settings.enable_drift_monitoring:
             return "disabled"
         return "ok" if self.registry.alive(SERVICE_DRIFT) else "down"
 
-    def health(self) -> dict:
+    def health(self) -> Health:
         workers = self.registry.alive(SERVICE_FEATURES)
         expected = self.settings.max_workers
         drift = self.drift_state()
@@ -85,24 +88,25 @@ class BrokerStatus:
             memory[f"worker-{state.worker_id}"] = rss_of(state.pid)
         for state in self.registry.alive(SERVICE_DRIFT):
             memory["drift"] = rss_of(state.pid)
-        return {
-            "status": status,
-            "workers": {"alive": len(workers), "expected": expected},
-            "broker": "ok",
-            "drift": drift,
-            "cache": "ok",
-            "store": store,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "memory": {name: rss for name, rss in memory.items() if rss is not None},
-        }
+        return Health(
+            status=status,
+            workers=Alive(len(workers), expected),
+            broker="ok",
+            drift=drift,
+            cache="ok",
+            store=store,
+            uptime_s=round(time.monotonic() - self.started, 3),
+            memory={name: rss for name, rss in memory.items() if rss is not None},
+        )
 
-    def drift_disabled(self, op: Op) -> dict:
+    def drift_disabled(self, op: Op) -> DriftReport | DriftBaselineAnswer:
         """What drift operations answer when ENABLE_DRIFT_MONITORING=false."""
-        return {
-            "status": "disabled",
-            "message": "drift monitoring is disabled",
-            "operation": op.value,
-        }
+        message = "drift monitoring is disabled"
+        if op is Op.DRIFT_REPORT:
+            return DriftReport(status="disabled", message=message, operation=op.value)
+        return DriftBaselineAnswer(
+            action="none", status="disabled", message=message, operation=op.value
+        )
 
 
 def _store_state(workers: list) -> str:

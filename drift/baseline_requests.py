@@ -18,10 +18,10 @@ from featurestore.features.engine import compute
 from featurestore.features.registry import REGISTRY
 from featurestore.files import FileError, file_format, read_chunks
 from featurestore.offline import STATUS_OK, VERSION_METADATA_KEY
-from featurestore.queries import check_fields, invalid, require_object
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreError
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import format_iso, now_ms
+from featurestore.validation.decoding import invalid
 
 ACTIONS = ("reset", "entity_ids", "file")
 FILE_ROWS_MAX = 100_000  # rows of a baseline file used (the first ones)
@@ -42,9 +42,8 @@ class BaselineRequests:
             )
         return self._store
 
-    def handle(self, body: Any) -> dict:
-        body = require_object(body)
-        check_fields(body, ("action", "version", "entity_ids", "path"))
+    def handle(self, body: dict) -> dict:
+        """`body`: a decoded DriftBaselineRequest as a dict (its fields and types checked)."""
         action = body.get("action")
         if action not in ACTIONS:
             raise invalid(f"'action' must be one of {', '.join(ACTIONS)}", valid=list(ACTIONS))

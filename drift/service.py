@@ -14,6 +14,7 @@ import signal
 import time
 from collections import defaultdict
 
+import msgspec
 import numpy as np
 import orjson
 import zmq
@@ -21,26 +22,26 @@ import zmq
 from drift import baselines
 from drift.baseline_requests import BaselineRequests
 from drift.monitor import DriftMonitor
-from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
 from featurestore.curve import Domain, ZapServer
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import REGISTRY
 from featurestore.logs import rid
-from featurestore.protocol import (
-    SERVICE_DRIFT,
+from featurestore.validation.decoding import decoded_payload
+from featurestore.wire.backend import (
+    TOPIC_ALERT,
+    TOPIC_REPORT,
     TOPIC_VECTORS,
-    Op,
-    ProtocolError,
-    Reply,
-    TooManyFrames,
+    Job,
     decode_vectors,
-    recv_frames,
+    error_result_frames,
+    result_frames,
 )
+from featurestore.wire.frames import SERVICE_DRIFT, Op, ProtocolError, TooManyFrames, recv_frames
+from featurestore.wire.link import BrokerLink
+from featurestore.wire.messages import DriftBaselineRequest
 
 log = logging.getLogger("drift")
-TOPIC_REPORT = b"report"
-TOPIC_ALERT = b"alert"
 DRAIN_LIMIT = 5000  # messages absorbed per loop turn at most
 SUB_HWM = 100_000
 
@@ -150,26 +151,27 @@ class DriftService:
         while self.drain():
             pass
 
-    def answer(self, job: tuple) -> None:
-        job_id, op, payload, _ = job
-        request_id = payload.pop("request_id", "")
+    def answer(self, job: Job) -> None:
         self.drain_all()
         try:
-            if op is Op.DRIFT_REPORT:
-                reply = Reply(request_id, self.monitor.report())
-            elif op is Op.DRIFT_BASELINE:
-                body = self.requests.handle(payload)
+            payload = decoded_payload(job.op, job.payload)
+            if job.op is Op.DRIFT_REPORT:
+                frames = result_frames(job.job_id, self.monitor.report())
+            elif isinstance(payload, DriftBaselineRequest):
+                body = self.requests.handle(msgspec.to_builtins(payload))
                 baselines.save(self.monitor, self.settings.data_dir)
                 self.complete_pairs = self._complete_count()
-                reply = Reply(request_id, body)
+                frames = result_frames(job.job_id, body)
             else:
-                raise ServiceError(Code.INVALID_REQUEST, f"drift does not handle {op.value!r}")
+                raise ServiceError(Code.INVALID_REQUEST, f"drift does not handle {job.op.value!r}")
         except ServiceError as error:
-            reply = Reply.error(request_id, error)
+            frames = error_result_frames(job.job_id, error)
         except Exception as exc:  # a bug: answer `internal`, keep serving
-            log.exception("%s %s failed", rid(request_id), op.value)
-            reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"drift error: {exc}"))
-        self.link.send_result(job_id, reply)
+            log.exception("%s %s failed", rid(job.request_id), job.op.value)
+            frames = error_result_frames(
+                job.job_id, ServiceError(Code.INTERNAL, f"drift error: {exc}")
+            )
+        self.link.send_result(frames)
 
     def publish_report(self) -> None:
         self.drain_all()

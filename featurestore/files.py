@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from featurestore.store.columns import EventColumns
 from featurestore.timestamps import TimestampError, parse_timestamp_column
-from featurestore.validation import MAX_ID_BYTES, EventColumns
+from featurestore.validation.identifiers import MAX_ID_BYTES
 
 CHUNK_ROWS = 100_000
 CSV_BLOCK_BYTES = 4 << 20

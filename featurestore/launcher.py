@@ -31,12 +31,12 @@ from typing import Any
 
 import zmq
 
-from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.curve import internal_keys
 from featurestore.errors import ServiceError
 from featurestore.processes import PARENT_PID_VARIABLE
 from featurestore.stacklock import OWNER_VARIABLE, StackLock
+from featurestore.wire.client import Client
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

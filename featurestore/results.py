@@ -1,8 +1,8 @@
-"""Batch and historical results as arrays, API items or DataFrames (one home for the shapes).
+"""Feature results as typed answers, API items or DataFrames (one home for the shapes).
 
-The broker answers batch/historical requests with one float64 block of the selected features
-plus per-row arrays; `FeatureBatch` wraps them, and turns them into the JSON items of the HTTP
-API or into a pandas DataFrame without a per-value Python loop.
+The broker answers batch and historical requests with a `MatrixAnswer`: the selected features
+as one float64 block plus per-row arrays. `FeatureBatch` wraps such arrays and turns them
+into the items of the HTTP API or into a pandas DataFrame, without a per-value Python loop.
 """
 
 from __future__ import annotations
@@ -10,22 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from featurestore.features.registry import feature_set
-from featurestore.protocol import get_array
-from featurestore.queries import GetPlan
+from featurestore.features.vectors import VectorView
+from featurestore.validation.requests import GetPlan
+from featurestore.wire.frames import get_array, put_array
+from featurestore.wire.messages import BatchItem, GetAnswer, HistoricalItem, MatrixAnswer
 
-# The cache figures of GET /features/stats (`cache_stats`), in this order.
-CACHE_STATS_FIELDS = (
-    "size",
-    "max_size",
-    "hit_rate",
-    "utilization",
-    "evictions",
-    "expirations",
-    "memory_bytes",
-)
 STATUS_OK = "ok"
 STATUS_NOT_FOUND = "not_found"
 
@@ -41,6 +32,53 @@ def python_rows(values: np.ndarray, int_columns: list[bool]) -> list[list]:
     return objects.tolist()
 
 
+def distinct(entity_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(codes, uniques): entity_ids[i] == uniques[codes[i]], uniques in first-seen order."""
+    position: dict[str, int] = {}
+    codes = np.fromiter(
+        (position.setdefault(e, len(position)) for e in entity_ids),
+        dtype=np.int64,
+        count=len(entity_ids),
+    )
+    return codes, list(position)
+
+
+def single_answer(plan: GetPlan, vector: np.ndarray, cached: bool, t_ms: int) -> GetAnswer:
+    """The answer of a single get (HTTP adds latency_ms)."""
+    return GetAnswer(
+        plan.entity_id,
+        plan.query.view.to_dict(vector),
+        plan.query.version,
+        cached,
+        int(t_ms),
+    )
+
+
+def matrix_answer(
+    view: VectorView,
+    values: np.ndarray,
+    found: np.ndarray,
+    *,
+    cached: np.ndarray | None = None,
+    timestamps: np.ndarray | None = None,
+    timestamp: int | None = None,
+) -> tuple[MatrixAnswer, list]:
+    """A batch/historical answer: the view's columns of full vectors as one block."""
+    blocks: list = []
+    selected = values if view.all_columns else values[:, view.columns]
+    answer = MatrixAnswer(
+        count=int(found.size),
+        version=view.version,
+        features=view.names,
+        values=put_array(blocks, selected),
+        found=put_array(blocks, found),
+        cached=None if cached is None else put_array(blocks, cached),
+        timestamps=None if timestamps is None else put_array(blocks, timestamps),
+        timestamp=timestamp,
+    )
+    return answer, blocks
+
+
 @dataclass(frozen=True)
 class FeatureBatch:
     entity_ids: list[str]
@@ -53,25 +91,28 @@ class FeatureBatch:
     timestamp: int | None = None  # T of the request (batch)
 
     @classmethod
-    def from_reply(
-        cls, entity_ids: list[str], body: dict, blocks: list, timestamps: np.ndarray | None = None
+    def from_answer(
+        cls,
+        entity_ids: list[str],
+        answer: MatrixAnswer,
+        blocks: list,
+        timestamps: np.ndarray | None = None,
     ) -> FeatureBatch:
-        cached = get_array(blocks, body["cached"]) if "cached" in body else None
-        stamps = get_array(blocks, body["timestamps"]) if "timestamps" in body else timestamps
         return cls(
             entity_ids,
-            body["version"],
-            list(body["features"]),
-            get_array(blocks, body["values"]),
-            get_array(blocks, body["found"]),
-            cached,
-            stamps,
-            body.get("timestamp"),
+            answer.version,
+            list(answer.features),
+            get_array(blocks, answer.values),
+            get_array(blocks, answer.found),
+            None if answer.cached is None else get_array(blocks, answer.cached),
+            timestamps if answer.timestamps is None else get_array(blocks, answer.timestamps),
+            answer.timestamp,
         )
 
     def int_columns(self) -> list[bool]:
-        int_mask = feature_set(self.version).int_mask
-        return [bool(int_mask[i]) for i in feature_set(self.version).index_of(self.names)]
+        features = feature_set(self.version)
+        int_mask = features.int_mask
+        return [bool(int_mask[i]) for i in features.index_of(self.names)]
 
     def feature_dicts(self) -> list[dict | None]:
         """Per row {name: value} (None for null, int for int features), None when not found."""
@@ -82,31 +123,43 @@ class FeatureBatch:
             for row, ok in zip(rows, self.found.tolist(), strict=True)
         ]
 
-    def items(self) -> list[dict]:
-        """The `features` list of POST /features/batch (or `rows` of /features/historical)."""
-        features = self.feature_dicts()
-        status = [STATUS_OK if f else STATUS_NOT_FOUND for f in self.found.tolist()]
+    def _stamps(self) -> list:
         if self.timestamps is None:
-            stamps = [None] * len(status)
-        elif isinstance(self.timestamps, np.ndarray):
-            stamps = self.timestamps.tolist()
-        else:
-            stamps = list(self.timestamps)
-        if self.cached is None:
-            return [
-                {"entity_id": e, "timestamp": t, "features": f, "status": s}
-                for e, t, f, s in zip(self.entity_ids, stamps, features, status, strict=True)
-            ]
+            return [None] * len(self.entity_ids)
+        if isinstance(self.timestamps, np.ndarray):
+            return self.timestamps.tolist()
+        return list(self.timestamps)
+
+    def batch_items(self) -> list[BatchItem]:
+        """The `features` list of POST /features/batch."""
+        features = self.feature_dicts()
         return [
-            {"entity_id": e, "features": f, "status": s, "cached": c, "timestamp": t}
-            for e, f, s, c, t in zip(
-                self.entity_ids, features, status, self.cached.tolist(), stamps, strict=True
+            BatchItem(e, f, STATUS_OK if f is not None else STATUS_NOT_FOUND, c, t)
+            for e, f, c, t in zip(
+                self.entity_ids, features, self.cached.tolist(), self._stamps(), strict=True
             )
         ]
 
-    def to_frame(self) -> pd.DataFrame:
+    def historical_items(self) -> list[HistoricalItem]:
+        """The `rows` list of POST /features/historical."""
+        features = self.feature_dicts()
+        return [
+            HistoricalItem(e, t, f, STATUS_OK if f is not None else STATUS_NOT_FOUND)
+            for e, t, f in zip(self.entity_ids, self._stamps(), features, strict=True)
+        ]
+
+    def items(self) -> list[dict]:
+        """The items as plain dicts (what the Python client returns)."""
+        import msgspec
+
+        rows = self.batch_items() if self.cached is not None else self.historical_items()
+        return [msgspec.structs.asdict(row) for row in rows]
+
+    def to_frame(self):
         """entity_id, timestamp, one column per feature (ints as nullable Int64), status
         [, cached]."""
+        import pandas as pd
+
         data: dict = {"entity_id": self.entity_ids}
         if self.timestamps is not None:
             data["timestamp"] = self.timestamps
@@ -123,14 +176,3 @@ class FeatureBatch:
         if self.cached is not None:
             data["cached"] = self.cached
         return pd.DataFrame(data)
-
-
-def single_body(plan: GetPlan, vector: np.ndarray, cached: bool, t_ms: int) -> dict:
-    """The result of a single get (the HTTP body less latency_ms)."""
-    return {
-        "entity_id": plan.entity_id,
-        "features": plan.query.view.to_dict(vector),
-        "version": plan.query.version,
-        "cached": cached,
-        "timestamp": int(t_ms),
-    }

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
 
 async def _open(app: Sanic) -> None:
-    app.ctx.gw = await Gateway.open(app.ctx.settings, app.ctx.curve)
+    app.ctx.gw = await Gateway.open(app.ctx.settings, list(app.router.routes), app.ctx.curve)
 
 
 async def _close(app: Sanic) -> None:

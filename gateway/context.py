@@ -1,21 +1,20 @@
-"""Per-process resources of a gateway worker, opened in `before_server_start` (Sanic spawns
-its workers, so nothing is inherited) and kept on `app.ctx.gw`."""
+"""Per-process resources of a gateway server, opened in `before_server_start` and kept on
+`app.ctx.gw`: the settings, the cache, the broker client, the metrics, the documents."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import orjson
+import msgspec
+import numpy as np
 
-from featurestore.client import AsyncClient
 from featurestore.config import Settings
 from featurestore.curve import CurveClient
 from featurestore.features.registry import definitions
-from featurestore.protocol import Op, Reply
+from featurestore.wire.client import AsyncClient, Response
+from featurestore.wire.frames import Op, get_array
+from featurestore.wire.messages import ComputeRequest, decode_answer
 from gateway.metrics import MetricsBoard
 from gateway.openapi import openapi_document
 from shm import FeatureCache
@@ -30,12 +29,17 @@ class Gateway:
     started: float
     definitions_json: bytes
     openapi_json: bytes
-    in_flight: dict[str, tuple[Op, asyncio.Future, dict]] = field(default_factory=dict)
-    repeats: Iterator[int] = field(default_factory=lambda: itertools.count(2))
 
     @classmethod
-    async def open(cls, settings: Settings, curve: CurveClient | None = None) -> Gateway:
-        client = AsyncClient(settings.broker_frontend, curve=curve)
+    async def open(
+        cls, settings: Settings, routes: list, curve: CurveClient | None = None
+    ) -> Gateway:
+        """`routes`: the app's router routes (the OpenAPI document is derived from them)."""
+        client = AsyncClient(
+            settings.broker_frontend,
+            timeout_ms=settings.request_timeout_ms + CLIENT_SLACK_MS,
+            curve=curve,
+        )
         await client.start()
         return cls(
             settings=settings,
@@ -43,65 +47,34 @@ class Gateway:
             client=client,
             metrics=MetricsBoard(settings.cache_name),
             started=time.monotonic(),
-            definitions_json=orjson.dumps(definitions(settings.versions)),
-            openapi_json=orjson.dumps(openapi_document(settings)),
+            definitions_json=msgspec.json.encode(definitions(settings.versions)),
+            openapi_json=msgspec.json.encode(openapi_document(settings, routes)),
         )
 
     async def call(
-        self, op: Op, payload: dict, request_id: str, timeout_ms: int | None = None
-    ) -> Reply:
-        """Ask the broker; raise the ServiceError of an error reply.
+        self, op: Op, payload, request_id: str, timeout_ms: int | None = None, blocks=None
+    ) -> Response:
+        """Ask the broker; raise the ServiceError of an error reply. Replies are matched by
+        the client's own correlation id, so callers may send one X-Request-Id on several
+        requests at once; for an ingest it is the idempotency key, judged by the store."""
+        response = await self.client.request(op, payload, request_id, blocks, timeout_ms)
+        response.raise_for_error()
+        return response
 
-        X-Request-Id comes from callers, who may send one id on several requests at once. The
-        client matches replies by request id, so two of them in flight would take each other's
-        answers. An ingest whose id is in flight for an ingest of the same events is its retry:
-        it takes that answer (the store would give it too, storing nothing); with other events
-        it waits for that one to end and is then sent, for the store to judge (a conflict).
-        Its id is its idempotency key, so it never changes. Other operations get a distinct id
-        that starts with the caller's.
-        """
-        if op is Op.INGEST:
-            retried = await self._ingest_in_flight(request_id, payload)
-            if retried is not None:
-                retried.raise_for_error()
-                return retried
-        else:
-            request_id = self._free_id(request_id)
-        done = asyncio.get_running_loop().create_future()
-        self.in_flight[request_id] = (op, done, payload)
-        try:
-            reply = await self.client.request(op, payload, request_id, timeout_ms=timeout_ms)
-        except asyncio.CancelledError:
-            done.cancel()
-            raise
-        except Exception as exc:
-            done.set_exception(exc)
-            done.exception()  # retrieved: no "never retrieved" warning when nobody waits
-            raise
-        else:
-            done.set_result(reply)
-        finally:
-            del self.in_flight[request_id]
-        reply.raise_for_error()
-        return reply
-
-    async def _ingest_in_flight(self, request_id: str, payload: dict) -> Reply | None:
-        """The reply of the ingest of the same payload in flight with this id; None once the
-        id is free."""
-        while (running := self.in_flight.get(request_id)) is not None:
-            op, done, sent = running
-            if op is Op.INGEST and sent == payload:
-                return await asyncio.shield(done)
-            await asyncio.wait({done})  # another operation or body holds the id for a moment
-        return None
-
-    def _free_id(self, request_id: str) -> str:
-        given = request_id
-        while request_id in self.in_flight:
-            request_id = f"{given}~{next(self.repeats)}"
-        return request_id
+    async def compute(
+        self, version: str, entity_ids: list[str], t_ms: int, online: bool, request_id: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Full vectors (and found) of distinct entities as of `t_ms`, computed by the
+        workers (the broker splits them into chunks; online ones are cached and published)."""
+        request = ComputeRequest(version, entity_ids, t_ms, online)
+        response = await self.call(Op.COMPUTE, request, request_id)
+        answer = decode_answer(Op.COMPUTE, response.raw)
+        return get_array(response.blocks, answer.values), get_array(response.blocks, answer.found)
 
     async def close(self) -> None:
         await self.client.close()
         self.cache.close()
         self.metrics.close()
+
+
+CLIENT_SLACK_MS = 1000  # the client waits a bit longer than the broker, so its `timeout` arrives

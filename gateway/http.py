@@ -1,17 +1,16 @@
-"""HTTP plumbing shared by the routes: JSON bodies and responses, request ids, errors."""
+"""HTTP plumbing shared by the routes: JSON responses, request ids, errors, the instrumentation
+of every route. Bodies are decoded by `featurestore.validation.decoding.decoded_http`."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
+import msgspec
 from sanic import HTTPResponse, Request
 from sanic.exceptions import (
     MethodNotAllowed,
@@ -21,9 +20,10 @@ from sanic.exceptions import (
     SanicException,
 )
 
-from featurestore.client import new_request_id
 from featurestore.errors import RETRYABLE, Code, ServiceError
-from featurestore.protocol import MAX_REQUEST_ID_BYTES
+from featurestore.wire.client import Response
+from featurestore.wire.envelope import error_body, new_request_id
+from featurestore.wire.frames import MAX_REQUEST_ID_BYTES
 from gateway.auth import AuthError, authorize, required_scope
 
 JSON = "application/json"
@@ -46,79 +46,17 @@ def request_id_of(request: Request) -> str:
     return given
 
 
-def json_body(request: Request) -> Any:
-    """The parsed JSON body; `invalid_json` when empty or not JSON."""
-    raw = request.body
-    if not raw or not raw.strip():
-        raise ServiceError(Code.INVALID_JSON, "the request body is empty; expected JSON")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _refused_json(raw, exc) from None
-
-
-def _refused_json(raw: bytes, exc: orjson.JSONDecodeError) -> ServiceError:
-    """Why orjson refused the body. Some JSON that RFC 8259 allows, orjson does not: a lone
-    surrogate escape ("\\ud800") or a number beyond float range (1e999). Such a body IS JSON,
-    holding a value no field accepts (SPEC section 3), so it is `invalid_request`, not
-    `invalid_json`. The standard parser (slower, on this error path only) tells them apart."""
-    not_json = ServiceError(Code.INVALID_JSON, f"the request body is not valid JSON: {exc}")
-    if not any(word in str(exc) for word in _ORJSON_ONLY):
-        return not_json  # plain garbage is not parsed twice
-    try:
-        value = json.loads(raw, parse_constant=_no_constant)
-        found = _unrepresentable(value, [])
-    except (ValueError, RecursionError):
-        return not_json
-    if found is None:
-        return not_json
-    path, reason = found
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{_printable(p)}" for p in path)
-    where = where.lstrip(".") or "the body"
-    extra = {}
-    if len(path) >= 3 and path[0] == "events" and isinstance(path[1], int):
-        field = path[2] if isinstance(path[2], str) else "event"
-        extra["errors"] = [{"index": path[1], "field": _printable(field), "reason": reason}]
-    return ServiceError(Code.INVALID_REQUEST, f"'{where}' {reason}", **extra)
-
-
-_ORJSON_ONLY = ("surrogate", "infinity")  # in orjson's messages for what only it refuses
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _unrepresentable(value: Any, path: list) -> tuple[list, str] | None:
-    """The first string with a lone surrogate or non-finite number in `value`, and why."""
-    if isinstance(value, str):
-        return (path, "contains a lone surrogate") if _SURROGATE.search(value) else None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, "must be finite")
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        if isinstance(key, str) and _SURROGATE.search(key):
-            return [*path, key], "is a field name with a lone surrogate"
-        found = _unrepresentable(item, [*path, key])
-        if found is not None:
-            return found
-    return None
+_ENCODE = msgspec.json.Encoder().encode
 
 
 def json_response(body: Any, status: int = 200, headers: dict | None = None) -> HTTPResponse:
-    return HTTPResponse(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
+    """A typed answer (wire.messages), a dict or list as JSON."""
+    return HTTPResponse(_ENCODE(body), status=status, headers=headers, content_type=JSON)
+
+
+def raw_response(response: Response, status: int = 200) -> HTTPResponse:
+    """A broker reply's body (msgpack) as JSON, whatever its type."""
+    return json_response(msgspec.msgpack.decode(response.raw), status)
 
 
 def elapsed_ms(request: Request) -> float:
@@ -129,7 +67,7 @@ def error_response(error: ServiceError, headers: dict | None = None) -> HTTPResp
     headers = dict(headers or {})
     if error.code in RETRYABLE:
         headers["Retry-After"] = str(int(error.extra.get("retry_after_s", 1)))
-    return json_response(error.body(), error.http_status, headers)
+    return json_response(error_body(error, with_status=False), error.http_status, headers)
 
 
 def error_headers(exc: Exception) -> dict:

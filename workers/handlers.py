@@ -23,11 +23,26 @@ from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.features.engine import FeatureMatrix, compute
 from featurestore.logs import rid
-from featurestore.protocol import Op, Reply, get_array, put_array
-from featurestore.queries import entity_id_of, invalid
+from featurestore.results import distinct
 from featurestore.store.base import STORE_OK, EventStore
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreUnavailable
-from featurestore.validation import validate_events
+from featurestore.validation.decoding import decoded_payload
+from featurestore.validation.events import EventColumns, checked_columns, validate_events
+from featurestore.validation.requests import entity_id_of
+from featurestore.wire.backend import Job, error_result_frames, result_frames
+from featurestore.wire.frames import get_array, put_array
+from featurestore.wire.messages import (
+    Answer,
+    ComputeAnswer,
+    ComputeRequest,
+    DeleteAnswer,
+    DeleteRequest,
+    HistoricalRows,
+    IngestAnswer,
+    IngestColumns,
+    IngestRequest,
+    Message,
+)
 from workers.publisher import VectorPublisher
 from workers.upkeep import StoreUpkeep
 
@@ -58,6 +73,9 @@ class Figures:
         }
 
 
+Result = tuple[Answer, list]  # an answer and the blocks its ArrayRefs point into
+
+
 class Handlers:
     def __init__(
         self,
@@ -74,22 +92,16 @@ class Handlers:
         self.figures = figures or Figures()
         self.upkeep = StoreUpkeep(store, self.figures)
 
-    def handle(self, op: Op, payload: dict, blocks: list, request_id: str) -> Reply:
+    def handle(self, job: Job) -> list:
+        """The RESULT frames of a job: its payload decoded once into its type, then the
+        handler of that type; any refusal is an error result of the catalogue."""
         self.figures.jobs += 1
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s", rid(request_id), op.value)
+            log.debug("%s %s", rid(job.request_id), job.op.value)
         try:
-            if op is Op.COMPUTE:
-                return self.compute_online(payload, request_id)
-            if op is Op.HISTORICAL_CHUNK:
-                return self.compute_historical(payload, blocks, request_id)
-            if op is Op.INGEST:
-                return self.ingest(payload, request_id)
-            if op is Op.DELETE:
-                return self.delete(payload, request_id)
-            raise ServiceError(Code.INVALID_REQUEST, f"workers do not handle {op.value!r}")
+            answer, blocks = self.run(job, decoded_payload(job.op, job.payload))
         except ServiceError as error:
-            return Reply.error(request_id, error)
+            return error_result_frames(job.job_id, error)
         except StoreUnavailable as error:
             self.upkeep.failed(error)
             unavailable = ServiceError(
@@ -98,89 +110,91 @@ class Handlers:
                 "try again later",
                 retry_after_s=STORE_RETRY_AFTER_S,
             )
-            return Reply.error(request_id, unavailable)
+            return error_result_frames(job.job_id, unavailable)
+        return result_frames(job.job_id, answer, blocks)
 
-    def _compute(self, entity_ids: list[str], as_of, version: str) -> tuple[FeatureMatrix, dict]:
-        """The features, and the figures the broker adds to its statistics."""
+    def run(self, job: Job, payload: Message) -> Result:
+        match payload:
+            case ComputeRequest():
+                return self.compute_online(payload)
+            case HistoricalRows():
+                return self.compute_historical(payload, job.blocks)
+            case IngestRequest():
+                columns = validate_events(
+                    payload.events,
+                    self.settings.events_max_per_request,
+                    self.settings.max_event_future_ms,
+                )
+                return self.ingest(columns, job.request_id)
+            case IngestColumns():
+                columns = checked_columns(
+                    payload,
+                    job.blocks,
+                    self.settings.events_max_per_request,
+                    self.settings.max_event_future_ms,
+                )
+                return self.ingest(columns, job.request_id)
+            case DeleteRequest():
+                return self.delete(entity_id_of(payload.entity_id))
+        raise ServiceError(Code.INVALID_REQUEST, f"workers do not handle {job.op.value!r}")
+
+    def _compute(self, entity_ids: list[str], as_of, version: str) -> tuple[FeatureMatrix, float]:
+        """The features, and their compute time in ms (for the broker's statistics)."""
         started = time.perf_counter()
-        codes, uniques = _factorize(entity_ids)
+        codes, uniques = distinct(entity_ids)
         batch = self.store.read(uniques)
         matrix = compute(batch, codes, as_of, version, self.store.category_names())
-        computes = int(matrix.found.sum())
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self.figures.computes += computes
+        self.figures.computes += int(matrix.found.sum())
         self.figures.compute_ms += elapsed_ms
-        return matrix, {"computes": computes, "compute_ms": elapsed_ms}
+        return matrix, elapsed_ms
 
-    def compute_online(self, payload: dict, request_id: str) -> Reply:
+    def _answer(self, matrix: FeatureMatrix, elapsed_ms: float, t_ms: int | None) -> Result:
+        blocks: list = []
+        answer = ComputeAnswer(
+            put_array(blocks, matrix.values),
+            put_array(blocks, matrix.found),
+            t_ms,
+            int(matrix.found.sum()),
+            elapsed_ms,
+        )
+        return answer, blocks
+
+    def compute_online(self, job: ComputeRequest) -> Result:
         """Full vectors of distinct entities as of one T; cached and published when online."""
-        version = payload["version"]
-        entity_ids = payload["entity_ids"]
-        as_of_ms = int(payload["T"])
-        online = bool(payload["online"])
-        generations = self.cache.generations(entity_ids) if online else None
-        matrix, figures = self._compute(entity_ids, as_of_ms, version)
-        if online and matrix.found.any():
+        entity_ids, version, t_ms = job.entity_ids, job.version, job.t_ms
+        generations = self.cache.generations(entity_ids) if job.online else None
+        matrix, elapsed_ms = self._compute(entity_ids, t_ms, version)
+        if job.online and matrix.found.any():
             rows = np.flatnonzero(matrix.found)
             found_ids = [entity_ids[i] for i in rows.tolist()]
             self.cache.put_many(
                 version,
                 found_ids,
                 matrix.values[rows],
-                np.full(rows.size, as_of_ms, dtype=np.int64),
+                np.full(rows.size, t_ms, dtype=np.int64),
                 generations[rows],
             )
             self.publisher.publish(version, matrix.values[rows])
-        blocks: list = []
-        body = {
-            "values": put_array(blocks, matrix.values),
-            "found": put_array(blocks, matrix.found),
-            "T": as_of_ms,
-            **figures,
-        }
-        return Reply(request_id, body, blocks=blocks)
+        return self._answer(matrix, elapsed_ms, t_ms)
 
-    def compute_historical(self, payload: dict, blocks: list, request_id: str) -> Reply:
-        version = payload["version"]
-        entity_ids = payload["entity_ids"]
-        stamps = get_array(blocks, payload["timestamps"])
-        matrix, figures = self._compute(entity_ids, stamps, version)
-        out: list = []
-        body = {
-            "values": put_array(out, matrix.values),
-            "found": put_array(out, matrix.found),
-            **figures,
-        }
-        return Reply(request_id, body, blocks=out)
+    def compute_historical(self, job: HistoricalRows, blocks: list) -> Result:
+        stamps = get_array(blocks, job.timestamps)
+        if stamps.shape != (len(job.entity_ids),):
+            raise ServiceError(Code.INVALID_REQUEST, "one timestamp per historical row")
+        matrix, elapsed_ms = self._compute(job.entity_ids, stamps, job.version)
+        return self._answer(matrix, elapsed_ms, None)
 
-    def ingest(self, payload: dict, request_id: str) -> Reply:
-        if set(payload) - {"events"}:
-            raise invalid("unknown field(s) in the ingest request; allowed: events")
-        columns = validate_events(
-            payload.get("events"),
-            self.settings.events_max_per_request,
-            self.settings.max_event_future_ms,
-        )
+    def ingest(self, columns: EventColumns, request_id: str) -> Result:
         result = self.store.ingest(columns, request_id=request_id or None)  # "": no key
         self.cache.invalidate_many(result.entity_ids)  # after the commit: read your writes
         if not result.replayed:
             self.upkeep.wrote()
         self.figures.ingested += result.stored_now
-        return Reply(request_id, result.body())
+        return IngestAnswer(result.accepted, result.duplicates), []
 
-    def delete(self, payload: dict, request_id: str) -> Reply:
-        entity_id = entity_id_of(payload.get("entity_id"))
+    def delete(self, entity_id: str) -> Result:
         deleted = self.store.delete(entity_id)
         self.cache.invalidate(entity_id)
         self.upkeep.wrote()
-        return Reply(request_id, {"deleted_events": deleted})
-
-
-def _factorize(entity_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-    position: dict[str, int] = {}
-    codes = np.fromiter(
-        (position.setdefault(e, len(position)) for e in entity_ids),
-        dtype=np.int64,
-        count=len(entity_ids),
-    )
-    return codes, list(position)
+        return DeleteAnswer(deleted), []

@@ -14,7 +14,7 @@ import numpy as np
 import zmq
 
 from featurestore.curve import CurveClient, secure_client
-from featurestore.protocol import vectors_frames
+from featurestore.wire.backend import vectors_frames
 
 PUBLISH_HWM = 1000
 CONNECT_WAIT_S = 2.0  # at start, how long a worker waits for the drift process to accept it

@@ -20,23 +20,15 @@ import threading
 
 import zmq
 
-from featurestore.brokerlink import BrokerLink
 from featurestore.config import Settings
 from featurestore.curve import CurveClient
 from featurestore.errors import Code, ServiceError
 from featurestore.logs import rid
-from featurestore.protocol import (
-    POLLIN,
-    SERVICE_FEATURES,
-    W_JOB,
-    ProtocolError,
-    Reply,
-    copy_small,
-    decode_job,
-    result_frames,
-)
 from featurestore.store.errors import StoreCorrupt
 from featurestore.store.sqlite import open_store
+from featurestore.wire.backend import decode_job, error_result_frames
+from featurestore.wire.frames import POLLIN, SERVICE_FEATURES, W_JOB, ProtocolError, copy_small
+from featurestore.wire.link import BrokerLink
 from shm import FeatureCache
 from workers.handlers import Figures, Handlers
 from workers.publisher import CONNECT_WAIT_S, VectorPublisher
@@ -136,29 +128,29 @@ class ComputeThread(threading.Thread):
 
     def run_job(self, handlers: Handlers, frames: list) -> list:
         try:
-            job_id, op, payload, blocks = decode_job(frames)
+            job = decode_job(frames)
         except ProtocolError as error:  # counted and answered, never a dead compute thread
             self.figures.malformed += 1
             log.warning("malformed job dropped: %s", error.message)
-            return result_frames(bytes(frames[0]) if frames else b"", Reply.error("", error))
-        request_id = str(payload.pop("request_id", ""))
+            return error_result_frames(bytes(frames[0]) if frames else b"", error)
         try:
             if self.failure is not None:
                 raise self.failure
-            reply = handlers.handle(op, payload, blocks, request_id)
+            return handlers.handle(job)
         except StoreCorrupt as exc:
             if self.failure is None:
-                log.error("%s %s: %s", rid(request_id), op.value, exc)
+                log.error("%s %s: %s", rid(job.request_id), job.op.value, exc)
                 self.failure = exc
             refused = ServiceError(
                 Code.STORE_UNAVAILABLE, f"the event store is corrupt: {exc.problem}"
             )
-            reply = Reply.error(request_id, refused)
+            return error_result_frames(job.job_id, refused)
         except Exception as exc:  # a bug: answer `internal`, keep serving
-            log.exception("%s %s failed", rid(request_id), op.value)
+            log.exception("%s %s failed", rid(job.request_id), job.op.value)
             self.figures.errors += 1
-            reply = Reply.error(request_id, ServiceError(Code.INTERNAL, f"worker error: {exc}"))
-        return result_frames(job_id, reply)
+            return error_result_frames(
+                job.job_id, ServiceError(Code.INTERNAL, f"worker error: {exc}")
+            )
 
 
 class Worker:

@@ -14,7 +14,7 @@ from featurestore.exitcodes import EXIT_NOT_FOUND
 from featurestore.features.engine import compute
 from featurestore.features.vectors import VectorView
 from featurestore.timestamps import TimestampError, now_ms, parse_timestamp
-from featurestore.validation import identifier_problem
+from featurestore.validation.identifiers import identifier_problem
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

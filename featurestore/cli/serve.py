@@ -20,7 +20,6 @@ import threading
 from pathlib import Path
 
 from featurestore.cli.common import CommandError, common_options, progress_bar
-from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.curve import check_keys, internal_keys
 from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
@@ -33,6 +32,7 @@ from featurestore.store.sqlite import open_store
 from featurestore.supervisor import given_up, program_pids, start_supervisord
 from featurestore.timestamps import now_ms
 from featurestore.tokens import tokens_from_settings
+from featurestore.wire.client import Client
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0

@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from featurestore.features.context import FeatureContext
+from featurestore.wire.messages import Definitions, FeatureDefinition
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -34,13 +35,8 @@ class Feature:
     description: str
     formula: Formula
 
-    def describe(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "type": self.type,
-            "description": self.description,
-        }
+    def describe(self) -> FeatureDefinition:
+        return FeatureDefinition(self.name, self.kind, self.type, self.description)
 
 
 def _null_unless(condition: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -300,9 +296,8 @@ def feature_set(version: str) -> FeatureSet:
     return REGISTRY[version]
 
 
-def definitions(versions: tuple[str, ...]) -> dict:
-    """The body of GET /features/definitions."""
-    return {
-        "versions": list(versions),
-        "features": {v: [f.describe() for f in REGISTRY[v].features] for v in versions},
-    }
+def definitions(versions: tuple[str, ...]) -> Definitions:
+    """The answer of GET /features/definitions."""
+    return Definitions(
+        list(versions), {v: [f.describe() for f in REGISTRY[v].features] for v in versions}
+    )

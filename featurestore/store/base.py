@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from featurestore.store.batch import EventBatch
-from featurestore.validation import EventColumns
+from featurestore.store.columns import EventColumns
 
 # A store's state as a worker reports it in its heartbeat figures (and /health shows it).
 STORE_OK = "ok"

@@ -26,7 +26,7 @@ import numpy as np
 
 from featurestore.errors import Code, ServiceError
 from featurestore.store.base import IngestResult
-from featurestore.validation import EventColumns
+from featurestore.store.columns import EventColumns
 
 DIGEST_BYTES = 16
 DIGEST_PERSON = b"fs-events-v1"  # a new canonical form gets a new personalisation

@@ -37,6 +37,7 @@ from featurestore.permissions import create_private_file, private_dir
 from featurestore.store import requests
 from featurestore.store.base import IngestResult
 from featurestore.store.batch import EVENT_DTYPE, NO_CATEGORY, EventBatch
+from featurestore.store.columns import EventColumns
 from featurestore.store.errors import StoreCorrupt, StoreError, StoreUnavailable
 from featurestore.store.schema import check_identity, ensure_schema
 from featurestore.store.segments import (
@@ -48,7 +49,6 @@ from featurestore.store.segments import (
 )
 from featurestore.store.sqlite_errors import is_busy, store_error
 from featurestore.timestamps import now_ms
-from featurestore.validation import EventColumns
 
 DB_FILENAME = "events.sqlite3"
 PAGE_SIZE = 16384

@@ -1,5 +1,6 @@
 """POST /events and DELETE /entities/{entity_id}: writes, through the broker to a worker.
 
+The events are decoded and validated here, once, and travel as columns (`IngestColumns`).
 The request's X-Request-Id is the ingest request id of the store, so a retried POST with the
 same id stores nothing twice.
 """
@@ -10,10 +11,13 @@ from urllib.parse import unquote
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from featurestore.protocol import Op
-from featurestore.queries import entity_id_of, invalid, require_object
+from featurestore.validation.decoding import decoded_http, invalid
+from featurestore.validation.events import validate_events
+from featurestore.validation.requests import entity_id_of
+from featurestore.wire.frames import Op, put_array
+from featurestore.wire.messages import DeleteRequest, IngestColumns
 from gateway.auth import writes
-from gateway.http import instrumented, json_body, json_response
+from gateway.http import instrumented, raw_response
 
 events = Blueprint("events")
 
@@ -23,9 +27,21 @@ events = Blueprint("events")
 @writes
 async def post_events(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
-    body = require_object(json_body(request))
-    reply = await gw.call(Op.INGEST, body, request.ctx.rid)
-    return json_response(reply.body)
+    settings = gw.settings
+    body = decoded_http(Op.INGEST, request.body)
+    columns = validate_events(
+        body.events, settings.events_max_per_request, settings.max_event_future_ms
+    )
+    blocks: list = []
+    message = IngestColumns(
+        list(columns.entity_id),
+        put_array(blocks, columns.ts),
+        put_array(blocks, columns.value),
+        list(columns.category),
+        list(columns.event_id),
+    )
+    response = await gw.call(Op.INGEST_COLUMNS, message, request.ctx.rid, blocks=blocks)
+    return raw_response(response)
 
 
 @events.delete("/entities/<entity_id:path>", name="entities_delete")
@@ -37,6 +53,5 @@ async def delete_entity(request: Request, entity_id: str) -> HTTPResponse:
         decoded = unquote(entity_id, errors="strict")
     except UnicodeDecodeError:
         raise invalid("'entity_id' is not percent-encoded UTF-8") from None
-    entity = entity_id_of(decoded)
-    reply = await gw.call(Op.DELETE, {"entity_id": entity}, request.ctx.rid)
-    return json_response(reply.body)
+    message = DeleteRequest(entity_id_of(decoded))
+    return raw_response(await gw.call(Op.DELETE, message, request.ctx.rid))

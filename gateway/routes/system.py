@@ -8,9 +8,11 @@ import psutil
 from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.errors import ServiceError
-from featurestore.protocol import Op
+from featurestore.validation.decoding import decoded_http
+from featurestore.wire.frames import Op
+from featurestore.wire.messages import Cleared, EmptyRequest
 from gateway.auth import open_route, writes
-from gateway.http import JSON, instrumented, json_body, json_response
+from gateway.http import JSON, instrumented, json_response, raw_response
 from gateway.metrics import render
 
 system = Blueprint("system")
@@ -31,13 +33,20 @@ def gateway_memory(pids: list[int]) -> dict[str, int]:
     return memory
 
 
+async def _ask(gw, op: Op, request_id: str):
+    """A broker operation without fields, with the short deadline of health checks."""
+    return await gw.call(op, EmptyRequest(), request_id, timeout_ms=HEALTH_TIMEOUT_MS)
+
+
 @system.get("/health", name="health")
 @instrumented
 @open_route
 async def health(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
-        reply = await gw.call(Op.HEALTH, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)
+        reply = await gw.call(
+            Op.HEALTH, EmptyRequest(), request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS
+        )
         body = reply.body
     except ServiceError:
         body = {
@@ -46,6 +55,7 @@ async def health(request: Request) -> HTTPResponse:
             "broker": "down",
             "drift": "down",
             "cache": "ok",
+            "store": "ok",  # not observable without the broker
             "memory": {},
         }
     servers = gw.metrics.live_pids()
@@ -61,7 +71,7 @@ async def health(request: Request) -> HTTPResponse:
 @instrumented
 @writes
 async def clear_cache(request: Request) -> HTTPResponse:
-    return json_response({"cleared": request.app.ctx.gw.cache.clear()})
+    return json_response(Cleared(request.app.ctx.gw.cache.clear()))
 
 
 @system.get("/metrics", name="metrics")
@@ -69,8 +79,12 @@ async def clear_cache(request: Request) -> HTTPResponse:
 async def metrics(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
-        stats = (await gw.call(Op.STATS, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)).body
-        health = (await gw.call(Op.HEALTH, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)).body
+        stats = (
+            await gw.call(Op.STATS, EmptyRequest(), request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)
+        ).body
+        health = (
+            await gw.call(Op.HEALTH, EmptyRequest(), request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)
+        ).body
     except ServiceError:
         stats = health = None
     text = render(gw.metrics.totals(), stats, health)
@@ -86,13 +100,13 @@ async def openapi(request: Request) -> HTTPResponse:
 @system.get("/drift/report", name="drift_report")
 @instrumented
 async def drift_report(request: Request) -> HTTPResponse:
-    reply = await request.app.ctx.gw.call(Op.DRIFT_REPORT, {}, request.ctx.rid)
-    return json_response(reply.body)
+    reply = await request.app.ctx.gw.call(Op.DRIFT_REPORT, EmptyRequest(), request.ctx.rid)
+    return raw_response(reply)
 
 
 @system.post("/drift/baseline", name="drift_baseline")
 @instrumented
 @writes
 async def drift_baseline(request: Request) -> HTTPResponse:
-    reply = await request.app.ctx.gw.call(Op.DRIFT_BASELINE, json_body(request), request.ctx.rid)
-    return json_response(reply.body)
+    body = decoded_http(Op.DRIFT_BASELINE, request.body)
+    return raw_response(await request.app.ctx.gw.call(Op.DRIFT_BASELINE, body, request.ctx.rid))

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from integration_support import copy_store, make_demo_store, running_stack
 
-from featurestore.client import Client
 from featurestore.launcher import Stack
+from featurestore.wire.client import Client
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ Everything here talks to real processes; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import zmq
@@ -21,9 +23,13 @@ from featurestore.demo import ENTITY_LIST, write_demo
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack, wait_for
-from featurestore.protocol import Reply
+from featurestore.results import FeatureBatch
 from featurestore.store.sqlite import DB_FILENAME, open_store
 from featurestore.timestamps import parse_timestamp
+from featurestore.wire.client import Response
+from featurestore.wire.envelope import decode_reply
+from featurestore.wire.frames import PROTOCOL_VERSION, Op
+from featurestore.wire.messages import decode_answer
 
 DEMO_ENTITIES = 300
 DEMO_SEED = 3
@@ -145,6 +151,33 @@ def start_peer(stack: Stack, name: str, mode: str, peer_id: str):
 
 
 # ------------------------------------------------------------------------- raw sockets
+@dataclasses.dataclass
+class RawReply:
+    """A reply read off a raw socket: its envelope, and its body as plain data."""
+
+    correlation_id: int
+    ok: bool
+    body: dict
+    blocks: list
+
+
+def read_reply(frames: list) -> RawReply:
+    reply = decode_reply(frames)
+    return RawReply(
+        reply.correlation_id, reply.ok, msgspec.msgpack.decode(reply.body), reply.blocks
+    )
+
+
+def batch_of(ids: list[str], response: Response, op: Op = Op.BATCH) -> FeatureBatch:
+    """The FeatureBatch of a batch or historical response of the client."""
+    return FeatureBatch.from_answer(ids, decode_answer(op, response.raw), response.blocks)
+
+
+def request_header(correlation_id: int, request_id: str, op: str, payload: object) -> bytes:
+    """A hand-made request header: [version, correlation_id, request_id, op, payload]."""
+    return msgspec.msgpack.encode([PROTOCOL_VERSION, correlation_id, request_id, op, payload])
+
+
 class RawSocket:
     """A DEALER on an endpoint for hand-made frames; every receive has a deadline."""
 
@@ -162,9 +195,9 @@ class RawSocket:
             raise AssertionError(f"no message within {timeout_ms} ms")
         return self.socket.recv_multipart()
 
-    def reply(self, frames: list, timeout_ms: int = RECV_TIMEOUT_MS) -> Reply:
+    def reply(self, frames: list, timeout_ms: int = RECV_TIMEOUT_MS) -> RawReply:
         self.send(frames)
-        return Reply.decode(self.recv(timeout_ms))
+        return read_reply(self.recv(timeout_ms))
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -3,7 +3,7 @@
     python peer_worker.py poison --id P            # registers, dies on the first job it gets
     python peer_worker.py commit-then-die --id P   # runs its first job for real, dies unanswered
 
-Both speak the real back-end protocol (featurestore.protocol) to BROKER_BACKEND of the
+Both speak the real back-end protocol (featurestore.wire.backend) to BROKER_BACKEND of the
 environment: READY, heartbeats both ways. `poison` is the worker that a poison request kills:
 `os._exit` when a W_JOB arrives. `commit-then-die` runs the job with the real worker handlers
 (workers.handlers: an ingest is committed and its entities invalidated) and then exits before
@@ -22,15 +22,9 @@ from collections.abc import Callable
 import zmq
 
 from featurestore.config import Settings
-from featurestore.protocol import (
-    SERVICE_FEATURES,
-    W_HEARTBEAT,
-    W_JOB,
-    decode_job,
-    heartbeat_frames,
-    ready_frames,
-)
 from featurestore.store.sqlite import open_store
+from featurestore.wire.backend import OK, Heartbeat, decode_job, heartbeat_frames, ready_frames
+from featurestore.wire.frames import SERVICE_FEATURES, W_HEARTBEAT, W_JOB
 
 EXIT_POISONED = 86
 EXIT_AFTER_COMMIT = 87
@@ -44,7 +38,7 @@ def serve_one_job(settings: Settings, peer_id: str, on_job: Callable[[list], Non
     socket.setsockopt(zmq.LINGER, 0)
     for endpoint in settings.broker_backend.split(","):
         socket.connect(endpoint.strip())
-    figures = {"service": SERVICE_FEATURES, "worker_id": peer_id, "pid": os.getpid()}
+    figures = Heartbeat(SERVICE_FEATURES, peer_id, os.getpid())
     socket.send_multipart(ready_frames(SERVICE_FEATURES, peer_id, os.getpid()))
     interval_s = settings.heartbeat_interval_ms / 1000
     next_heartbeat = time.monotonic() + interval_s
@@ -81,10 +75,10 @@ def run_commit_then_die(settings: Settings, peer_id: str) -> None:
     )
 
     def run_then_die(frames: list) -> None:
-        _job_id, op, payload, blocks = decode_job(frames)
-        request_id = payload.pop("request_id", "")
-        reply = handlers.handle(op, payload, blocks, request_id)
-        print(f"job {op.value} {request_id} done (ok={reply.ok}); dying unanswered", flush=True)
+        job = decode_job(frames)
+        result = handlers.handle(job)
+        ok = result[2] == OK
+        print(f"job {job.op.value} {job.request_id} done (ok={ok}); dying unanswered", flush=True)
         os._exit(EXIT_AFTER_COMMIT)
 
     serve_one_job(settings, peer_id, run_then_die)

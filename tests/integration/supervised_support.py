@@ -24,13 +24,13 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.demo import ENTITY_LIST
 from featurestore.errors import ServiceError
 from featurestore.launcher import free_port, wait_for
 from featurestore.processes import PARENT_PID_VARIABLE
 from featurestore.supervisor import CONFIG, control, socket_path, start_supervisord
+from featurestore.wire.client import Client
 from shm import segment
 
 DEMO_ENTITIES = 200

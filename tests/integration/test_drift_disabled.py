@@ -17,9 +17,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from featurestore.client import Client
 from featurestore.launcher import Stack
 from featurestore.timestamps import now_ms
+from featurestore.wire.client import Client
 
 QUIET_MS = 500  # how long a publishing worker would have to show itself after a compute
 

@@ -34,11 +34,11 @@ from integration_support import running_stack
 from scipy.stats import ks_2samp
 
 from featurestore.cli import main as featurestore_cli
-from featurestore.client import Client
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import CATEGORICAL, REGISTRY
 from featurestore.launcher import Stack, wait_for
 from featurestore.timestamps import now_ms
+from featurestore.wire.client import Client
 
 BASELINE_SIZE = 500
 WINDOW_SIZE = 500
@@ -498,7 +498,7 @@ BAD_REQUESTS = {
     "entity ids not strings": (
         {"action": "entity_ids", "entity_ids": [1, 2]},
         Code.INVALID_REQUEST,
-        "'entity_ids' must be a list of strings",
+        "'entity_ids[0]' must be a string",
     ),
     "no path": ({"action": "file"}, Code.INVALID_REQUEST, "'path' is required for action file"),
     "missing file": (

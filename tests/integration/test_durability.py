@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from supervised_support import demo_ids, private_settings, supervised, write_demo_store
 
-from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.launcher import wait_for
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import now_ms
+from featurestore.wire.client import Client
 from shm import segment
 
 BASELINE_SIZE = 50

@@ -17,6 +17,7 @@ import pytest
 from integration_support import (
     DAY_MS,
     DEMO_END_MS,
+    batch_of,
     entity,
     event_count,
     expected_matrix,
@@ -27,11 +28,11 @@ from integration_support import (
 )
 from peer_worker import EXIT_POISONED
 
-from featurestore.client import AsyncClient
 from featurestore.errors import Code, ServiceError
 from featurestore.launcher import Stack, wait_for
-from featurestore.protocol import Op, Reply
-from featurestore.results import FeatureBatch
+from featurestore.wire.client import AsyncClient
+from featurestore.wire.client import Response as Reply
+from featurestore.wire.frames import Op
 
 StackFactory = Callable[..., Stack]
 
@@ -74,7 +75,7 @@ class Workload:
                 got = full_vector(reply.body["features"])[None, :]
             else:
                 ids = self.ids[start:stop]
-                got = FeatureBatch.from_reply(ids, reply.body, reply.blocks).values
+                got = batch_of(ids, reply).values
             assert identical(got, expected[start:stop]), (op, payload)
 
 
@@ -251,7 +252,7 @@ def test_overload_is_answered_quickly_not_queued(make_stack: StackFactory, demo_
     assert max(t for t, _ in overloaded) < timeout_ms / 1000 / 2
     expected, found = expected_matrix(demo_dir, ids, stamps)
     for _, reply in ok:
-        batch = FeatureBatch.from_reply(ids, reply.body, reply.blocks)
+        batch = batch_of(ids, reply)
         assert np.array_equal(batch.found, found)
         assert identical(batch.values, expected)
     # And the stack keeps serving once the queue drains

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 from http_support import (
@@ -34,7 +35,7 @@ from http_support import (
     parse_prometheus,
 )
 from integration_support import DAY_MS, DEMO_END_MS, entity, expected_matrix, identical
-from openapi_schema_validator import OAS30Validator
+from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_instance
 from openapi_spec_validator import validate as validate_spec
 
@@ -75,7 +76,7 @@ def openapi(api: httpx.Client) -> dict:
 def conforms(document: dict, schema_name: str, body: object) -> None:
     """`body` is valid against components/schemas/<schema_name> of the served document."""
     schema = {"$ref": f"#/components/schemas/{schema_name}", "components": document["components"]}
-    validate_instance(body, schema, cls=OAS30Validator)
+    validate_instance(body, schema, cls=OAS31Validator)
 
 
 def post_events(api: httpx.Client, events: list[dict], **headers: str) -> dict:
@@ -107,7 +108,7 @@ def test_features_cold_then_cached(api: httpx.Client, demo_dir: Path, openapi: d
         assert type(body["timestamp"]) is int
         assert type(body["latency_ms"]) is float
         assert body["latency_ms"] >= 0
-        conforms(openapi, "FeatureResponse", body)
+        conforms(openapi, "GetAnswer", body)
     assert (cold["cached"], hot["cached"]) == (False, True)
     assert before <= cold["timestamp"] <= after
     assert hot["timestamp"] == cold["timestamp"]
@@ -217,7 +218,7 @@ def test_batch_order_duplicates_not_found_and_cache(
     before = now_ms()
     cold = ok_json(api.post("/features/batch", json={"entity_ids": ids}))
     after = now_ms()
-    conforms(openapi, "BatchResponse", cold)
+    conforms(openapi, "BatchAnswer", cold)
     assert set(cold) == BATCH_KEYS
     assert cold["count"] == len(ids)
     assert before <= cold["timestamp"] <= after
@@ -238,7 +239,7 @@ def test_batch_order_duplicates_not_found_and_cache(
             assert identical(as_vector(item["features"]), row)
     # All hits: answered by the gateway, each item with the T of its computation
     hot = ok_json(api.post("/features/batch", json={"entity_ids": [c, a, b, a]}))
-    conforms(openapi, "BatchResponse", hot)
+    conforms(openapi, "BatchAnswer", hot)
     assert [i["cached"] for i in hot["features"]] == [True] * 4
     assert [i["timestamp"] for i in hot["features"]] == [cold["timestamp"]] * 4
     assert hot["timestamp"] >= cold["timestamp"]
@@ -282,7 +283,7 @@ def test_historical_rows_in_order_with_their_own_t(
     ]
     rows = [{"entity_id": e, "timestamp": t} for e, t, _ in given]
     body = ok_json(api.post("/features/historical", json={"rows": rows}))
-    conforms(openapi, "HistoricalResponse", body)
+    conforms(openapi, "HistoricalAnswer", body)
     assert set(body) == {"count", "rows", "latency_ms"}
     assert body["count"] == len(rows)
     assert all(set(r) == ROW_KEYS for r in body["rows"])
@@ -412,7 +413,7 @@ def test_stats_shape_and_counters(api: httpx.Client, openapi: dict) -> None:
 def test_definitions(api: httpx.Client, openapi: dict) -> None:
     body = ok_json(api.get("/features/definitions"))
     conforms(openapi, "Definitions", body)
-    assert body == definitions(("v1", "v2"))
+    assert body == msgspec.to_builtins(definitions(("v1", "v2")))
     for version, names in (("v1", V1), ("v2", V2)):
         listed = body["features"][version]
         assert [f["name"] for f in listed] == names
@@ -559,8 +560,9 @@ def test_openapi_document_is_valid_and_complete(openapi: dict) -> None:
         ("/openapi.json", "get"),
     }
     assert openapi["x-error-codes"] == {c.value: HTTP_STATUS[c] for c in Code}
-    error = openapi["components"]["schemas"]["Error"]
-    assert error["properties"]["error"]["enum"] == [c.value for c in Code]
+    codes = openapi["components"]["schemas"]["Code"]  # ErrorBody.error
+    assert openapi["components"]["schemas"]["ErrorBody"]["properties"]["error"]["$ref"]
+    assert sorted(codes["enum"]) == sorted(c.value for c in Code)
     for path, item in openapi["paths"].items():
         for method, operation in item.items():
             assert "200" in operation["responses"], (path, method)

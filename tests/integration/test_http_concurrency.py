@@ -28,10 +28,10 @@ from http_support import (
 )
 from integration_support import DEMO_END_MS, entity, expected_matrix, identical
 
-from featurestore.client import AsyncClient
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack
 from featurestore.timestamps import now_ms
+from featurestore.wire.client import AsyncClient
 
 V1 = feature_set("v1").names
 MISSING = "user_missing_1"

@@ -158,7 +158,7 @@ INVALID_REQUESTS = [
     ("/features/historical", {"rows": [{"entity_id": "a", "timestamp": True}]}, "boolean"),
     ("/features/historical", {"rows": [{"entity_id": 1, "timestamp": 1}]}, "must be a string"),
     ("/events", [], "must be a JSON object"),
-    ("/events", {}, "'events' must be a list"),
+    ("/events", {}, "'events' is required"),
     ("/events", {"events": {}}, "'events' must be a list"),
     ("/events", {"events": []}, "'events' must not be empty"),
     ("/events", {"events": [event()], "source": "x"}, "unknown field(s)"),

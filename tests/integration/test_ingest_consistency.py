@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from integration_support import (
+    batch_of,
     entity,
     event_count,
     expected_matrix,
@@ -24,12 +25,12 @@ from integration_support import (
 )
 from peer_worker import EXIT_AFTER_COMMIT
 
-from featurestore.client import Client
 from featurestore.launcher import Stack, wait_for
-from featurestore.protocol import Op, Reply
-from featurestore.results import FeatureBatch
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import now_ms
+from featurestore.wire.client import Client
+from featurestore.wire.client import Response as Reply
+from featurestore.wire.frames import Op
 
 MINUTE_MS = 60_000
 BUSY_EVENTS = 40_000
@@ -176,7 +177,7 @@ class Hammer(threading.Thread):
             self.failures.append(f"error {reply.body}")
             return
         if "values" in reply.body:  # a batch
-            batch = FeatureBatch.from_reply([self.entity_id, entity(31)], reply.body, reply.blocks)
+            batch = batch_of([self.entity_id, entity(31)], reply)
             value_max = batch.items()[0]["features"]["value_max"]
         else:
             value_max = reply.body["features"]["value_max"]

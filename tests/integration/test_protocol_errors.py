@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import pytest
-from integration_support import DEMO_END_MS, RawSocket, entity, wait_alive
+from integration_support import (
+    DEMO_END_MS,
+    RawReply,
+    RawSocket,
+    entity,
+    read_reply,
+    request_header,
+    wait_alive,
+)
 
-from featurestore.client import Client
 from featurestore.errors import Code
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack
-from featurestore.protocol import (
+from featurestore.timestamps import now_ms
+from featurestore.wire.backend import ready_frames
+from featurestore.wire.client import Client
+from featurestore.wire.frames import (
     PROTOCOL_VERSION,
     SERVICE_FEATURES,
     W_DISCONNECT,
@@ -23,11 +34,7 @@ from featurestore.protocol import (
     W_READY,
     W_RESULT,
     Op,
-    Reply,
-    pack,
-    ready_frames,
 )
-from featurestore.timestamps import now_ms
 
 MAX_MSG_BYTES = 65_536
 STACK_WORKERS = 1
@@ -47,9 +54,13 @@ def assert_serving(stack: Stack) -> None:
     assert stack.restart_count("broker") == 0
 
 
-def assert_error(reply: Reply, code: Code, request_id: str) -> None:
+def pack(value: object) -> bytes:
+    return msgspec.msgpack.encode(value)
+
+
+def assert_error(reply: RawReply, code: Code, correlation_id: int) -> None:
     assert reply.ok is False
-    assert reply.request_id == request_id
+    assert reply.correlation_id == correlation_id
     assert reply.body["error"] == code.value
     assert reply.body["status"] == {Code.INVALID_REQUEST: 400, Code.BODY_TOO_LARGE: 413}[code]
     assert reply.body["message"]
@@ -62,15 +73,18 @@ def assert_error(reply: Reply, code: Code, request_id: str) -> None:
         pytest.param([b"\xc1\x00 not msgpack"], id="garbage"),
         pytest.param([b""], id="empty-frame"),
         pytest.param([pack({"op": "get"})], id="header-not-a-list"),
-        pytest.param([pack([PROTOCOL_VERSION, "r", "get"])], id="header-too-short"),
-        pytest.param([pack([PROTOCOL_VERSION, "", "get", {}])], id="empty-request-id"),
-        pytest.param([pack([PROTOCOL_VERSION, 42, "get", {}])], id="request-id-not-a-string"),
-        pytest.param([pack([PROTOCOL_VERSION, "r" * 129, "get", {}])], id="request-id-too-long"),
+        pytest.param([pack([PROTOCOL_VERSION, 7, "r", "get"])], id="header-too-short"),
+        pytest.param([pack([PROTOCOL_VERSION, 7, "", "get", {}])], id="empty-request-id"),
+        pytest.param([pack([PROTOCOL_VERSION, 7, 42, "get", {}])], id="request-id-not-a-string"),
+        pytest.param([pack([PROTOCOL_VERSION, 7, "r" * 129, "get", {}])], id="request-id-too-long"),
+        pytest.param([pack([PROTOCOL_VERSION, "x", "r", "get", {}])], id="correlation-not-an-int"),
     ],
 )
 def test_undecodable_requests_get_an_error_reply(stack: Stack, frames: list) -> None:
     with RawSocket(stack.frontend) as raw:
-        assert_error(raw.reply(frames), Code.INVALID_REQUEST, "")
+        reply = raw.reply(frames)
+        assert_error(reply, Code.INVALID_REQUEST, reply.correlation_id)
+        assert reply.correlation_id in (0, 7)  # named when it could be read
     assert_serving(stack)
 
 
@@ -80,7 +94,9 @@ def test_undecodable_requests_get_an_error_reply(stack: Stack, frames: list) -> 
         pytest.param([PROTOCOL_VERSION + 1, "get", {"entity_id": HEALTHY}], "version", id="v+1"),
         pytest.param([None, "get", {"entity_id": HEALTHY}], "version", id="version-nil"),
         pytest.param([PROTOCOL_VERSION, "explode", {}], "explode", id="unknown-op"),
-        pytest.param([PROTOCOL_VERSION, "compute", {}], "compute", id="internal-op"),
+        pytest.param(
+            [PROTOCOL_VERSION, "historical_chunk", {}], "historical_chunk", id="back-end-op"
+        ),
         pytest.param([PROTOCOL_VERSION, "get", [HEALTHY]], "payload", id="payload-not-a-map"),
     ],
 )
@@ -90,8 +106,8 @@ def test_readable_but_wrong_requests_name_their_request_id(
     version, op, payload = header
     request_id = f"bad-{needle}-{op}"
     with RawSocket(stack.frontend) as raw:
-        reply = raw.reply([pack([version, request_id, op, payload])])
-    assert_error(reply, Code.INVALID_REQUEST, request_id)
+        reply = raw.reply([pack([version, 11, request_id, op, payload])])
+    assert_error(reply, Code.INVALID_REQUEST, 11)
     assert needle in reply.body["message"]
     assert_serving(stack)
 
@@ -100,19 +116,19 @@ def test_oversized_messages(stack: Stack) -> None:
     ids = [HEALTHY] * 8000  # ~100 KB: over ZMQ_MAXMSGSIZE, under ZeroMQ's own hard limit
     huge = [entity(2) * 25] * 40_000  # ~10 MB: ZeroMQ drops the connection itself
     with RawSocket(stack.frontend) as raw:
-        reply = raw.reply([pack([PROTOCOL_VERSION, "too-big", "batch", {"entity_ids": ids}])])
-        assert_error(reply, Code.BODY_TOO_LARGE, "too-big")
+        reply = raw.reply([request_header(21, "too-big", "batch", {"entity_ids": ids})])
+        assert_error(reply, Code.BODY_TOO_LARGE, 21)
         assert str(MAX_MSG_BYTES) in reply.body["message"]
         # Split over several frames, the total counts
-        half = pack([PROTOCOL_VERSION, "too-big-2", "get", {"entity_id": HEALTHY}])
+        half = request_header(22, "too-big-2", "get", {"entity_id": HEALTHY})
         reply = raw.reply([half, b"\x00" * (MAX_MSG_BYTES // 2), b"\x00" * (MAX_MSG_BYTES // 2)])
-        assert_error(reply, Code.BODY_TOO_LARGE, "too-big-2")
+        assert_error(reply, Code.BODY_TOO_LARGE, 22)
         # Far too big: the connection is dropped by ZeroMQ (no answer possible), the socket
         # reconnects by itself, and the next request on it is served.
-        raw.send([pack([PROTOCOL_VERSION, "huge", "batch", {"entity_ids": huge}])])
-        after = raw.reply([pack([PROTOCOL_VERSION, "after-huge", "get", {"entity_id": HEALTHY}])])
+        raw.send([request_header(23, "huge", "batch", {"entity_ids": huge})])
+        after = raw.reply([request_header(24, "after-huge", "get", {"entity_id": HEALTHY})])
         assert after.ok, after.body
-        assert after.request_id == "after-huge"
+        assert after.correlation_id == 24
     assert_serving(stack)
 
 
@@ -124,7 +140,7 @@ def test_garbage_does_not_disturb_requests_in_flight(stack: Stack, client: Clien
         for _ in range(20):
             raw.send([b"\xc1garbage"])
         for _ in range(20):
-            assert_error(Reply.decode(raw.recv()), Code.INVALID_REQUEST, "")
+            assert_error(read_reply(raw.recv()), Code.INVALID_REQUEST, 0)
     replies = client.collect(request_ids)
     assert [r.body["entity_id"] for r in replies] == [entity(i) for i in range(20)]
 
@@ -232,7 +248,7 @@ def test_one_invalid_event_rejects_the_request_whole(stack: Stack, client: Clien
         pytest.param([b"\x99"], id="unknown-command"),
         pytest.param([W_READY], id="ready-without-map"),
         pytest.param([W_READY, b"\xc1"], id="ready-garbage"),
-        pytest.param([W_READY, pack({"worker_id": "x"})], id="ready-without-service"),
+        pytest.param([W_READY, pack({"worker_id": "x", "pid": 1})], id="ready-without-service"),
         pytest.param([W_READY, pack(["features"])], id="ready-not-a-map"),
         pytest.param([W_HEARTBEAT, pack([1, 2])], id="heartbeat-not-a-map"),
         pytest.param(

@@ -30,14 +30,15 @@ from zmq.utils.monitor import recv_monitor_message
 
 from featurestore import curve
 from featurestore.cli import main as featurestore_cli
-from featurestore.client import Client
 from featurestore.curve import CurveClient, internal_keys, load_client_keys
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack, wait_for
-from featurestore.protocol import SERVICE_FEATURES, ready_frames
 from featurestore.timestamps import now_ms
 from featurestore.tokens import Scope, add_token
+from featurestore.wire.backend import ready_frames
+from featurestore.wire.client import Client
+from featurestore.wire.frames import SERVICE_FEATURES
 from workers.publisher import VectorPublisher
 
 HANDSHAKE_TIMEOUT_MS = 10_000

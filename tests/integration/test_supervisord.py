@@ -32,10 +32,10 @@ from supervised_support import (
     zmq_health,
 )
 
-from featurestore.client import Client
 from featurestore.config import Settings
 from featurestore.launcher import wait_for
 from featurestore.timestamps import parse_timestamp
+from featurestore.wire.client import Client
 from shm import segment
 
 DEMO_END_MS = parse_timestamp("2026-01-01T00:00:00Z")

@@ -16,9 +16,10 @@ import pytest
 
 from featurestore.errors import ServiceError
 from featurestore.store.batch import EVENT_DTYPE, NO_CATEGORY, EventBatch
+from featurestore.store.columns import EventColumns
 from featurestore.store.sqlite import DB_FILENAME, MAX_SEGMENTS, SqliteEventStore
 from featurestore.timestamps import now_ms
-from featurestore.validation import EventColumns, validate_events
+from featurestore.validation.events import validate_events
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 PROCESS_TIMEOUT_S = 90

@@ -34,9 +34,9 @@ from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.features.vectors import VectorView
 from featurestore.store.batch import NO_CATEGORY
+from featurestore.store.columns import EventColumns
 from featurestore.store.sqlite import SqliteEventStore
 from featurestore.timestamps import now_ms
-from featurestore.validation import EventColumns
 
 CLI_TIMEOUT_S = 120
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z (a Monday)

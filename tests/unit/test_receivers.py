@@ -4,28 +4,32 @@ ready for the next message. Real ZeroMQ sockets over inproc."""
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 import zmq
 
 from featurestore.config import Settings
-from featurestore.protocol import (
-    W_RESULT,
-    Op,
-    ProtocolError,
-    Reply,
-    TooManyFrames,
+from featurestore.wire.backend import (
+    ERROR,
     decode_job,
     decode_vectors,
     job_frames,
-    pack,
-    recv_frames,
     vectors_frames,
 )
+from featurestore.wire.envelope import error_of
+from featurestore.wire.frames import W_RESULT, Op, ProtocolError, TooManyFrames, recv_frames
+from featurestore.wire.messages import ComputeRequest
 from workers.handlers import Figures
 from workers.worker import ComputeThread
 
 WIDTHS = {"v1": 4}
+
+
+def pack(value: object) -> bytes:
+    return msgspec.msgpack.encode(value)
+
+
 TIMEOUT_MS = 2000
 
 
@@ -69,9 +73,10 @@ def test_recv_frames_takes_a_message_at_the_cap(pair) -> None:
         pytest.param([], id="nothing"),
         pytest.param([b"\x01" * 8], id="no-header"),
         pytest.param([b"\x01" * 8, b"\xc1garbage"], id="not-msgpack"),
-        pytest.param([b"\x01" * 8, pack(["explode", {}])], id="unknown-op"),
-        pytest.param([b"\x01" * 8, pack(["compute", [1]])], id="payload-not-a-map"),
-        pytest.param([b"\x01" * 8, pack({"op": "compute"})], id="header-not-a-list"),
+        pytest.param([b"\x01" * 8, pack(["explode", "r"]), b"\x80"], id="unknown-op"),
+        pytest.param([b"\x01" * 8, pack(["compute"]), b"\x80"], id="header-too-short"),
+        pytest.param([b"\x01" * 8, pack({"op": "compute"}), b"\x80"], id="header-not-a-list"),
+        pytest.param([b"\x01" * 8, pack(["compute", "r"])], id="no-payload"),
     ],
 )
 def test_a_malformed_job_is_a_protocol_error(frames: list) -> None:
@@ -82,17 +87,23 @@ def test_a_malformed_job_is_a_protocol_error(frames: list) -> None:
 def test_a_compute_thread_answers_a_malformed_job_and_counts_it() -> None:
     figures = Figures()
     thread = ComputeThread(None, "inproc://unused", Settings.from_env({}), "0", figures)
-    frames = thread.run_job(None, [b"\x07" * 8, b"\xc1garbage"])
+    frames = thread.run_job(None, [b"\x07" * 8, b"\xc1garbage", b"\x80"])
     assert frames[0] == W_RESULT and bytes(frames[1]) == b"\x07" * 8
-    reply = Reply.decode(frames[2:])
-    assert reply.ok is False and reply.body["error"] == "invalid_request"
+    assert frames[2] == ERROR and error_of(frames[3]).code.value == "invalid_request"
     assert figures.malformed == 1
 
 
 def test_a_well_formed_job_still_decodes() -> None:
-    frames = job_frames(b"\x02" * 8, Op.COMPUTE, {"version": "v1"}, [])
-    job_id, op, payload, blocks = decode_job(frames[1:])
-    assert (job_id, op, payload, blocks) == (b"\x02" * 8, Op.COMPUTE, {"version": "v1"}, [])
+    payload = ComputeRequest("v1", ["a"], 1, False)
+    frames = job_frames(b"\x02" * 8, Op.COMPUTE, "rid-1", payload, [])
+    job = decode_job(frames[1:])
+    assert (job.job_id, job.op, job.request_id, job.blocks) == (
+        b"\x02" * 8,
+        Op.COMPUTE,
+        "rid-1",
+        [],
+    )
+    assert msgspec.msgpack.decode(job.payload, type=ComputeRequest) == payload
 
 
 def test_vector_messages_round_trip() -> None:

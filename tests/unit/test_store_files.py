@@ -16,7 +16,7 @@ from featurestore.permissions import private_dir
 from featurestore.store.errors import StoreCorrupt, StoreError
 from featurestore.store.schema import APPLICATION_ID
 from featurestore.store.sqlite import DB_FILENAME, SqliteEventStore
-from featurestore.validation import validate_events
+from featurestore.validation.events import validate_events
 
 
 def _bytes(content: bytes) -> Callable[[Path], None]:

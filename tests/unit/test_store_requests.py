@@ -16,11 +16,12 @@ import pytest
 from featurestore.errors import Code, ServiceError
 from featurestore.files import EVENT_OPTIONAL, EVENT_REQUIRED, read_chunks, validate_event_frame
 from featurestore.store.batch import EVENT_DTYPE
+from featurestore.store.columns import EventColumns
 from featurestore.store.requests import events_digest
 from featurestore.store.schema import APPLICATION_ID, SCHEMA_VERSION
 from featurestore.store.sqlite import DB_FILENAME, SqliteEventStore
 from featurestore.timestamps import now_ms
-from featurestore.validation import EventColumns, validate_events
+from featurestore.validation.events import validate_events
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 DAY_MS = 86_400_000

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore.errors import MAX_REPORTED_ERRORS, Code, ServiceError
+from featurestore.store.columns import EventColumns
 from featurestore.timestamps import MAX_TIMESTAMP_MS, now_ms, parse_timestamp
-from featurestore.validation import EventColumns, validate_events
+from featurestore.validation.events import validate_events
 
 MAX_EVENTS = 10_000
 FUTURE_MS = 300_000

@@ -16,25 +16,25 @@ import zmq
 
 from featurestore.config import Settings
 from featurestore.curve import internal_keys, secure_client
-from featurestore.protocol import (
+from featurestore.wire.backend import (
+    Heartbeat,
+    Job,
+    decode_job,
+    error_result_frames,
+    heartbeat_frames,
+    ready_frames,
+)
+from featurestore.wire.frames import (
     W_DISCONNECT,
     W_HEARTBEAT,
     W_JOB,
-    Op,
     ProtocolError,
-    Reply,
     TooManyFrames,
     copy_small,
-    decode_job,
-    heartbeat_frames,
-    ready_frames,
     recv_frames,
-    result_frames,
 )
 
 log = logging.getLogger("brokerlink")
-
-Job = tuple[bytes, Op, dict, list]
 
 
 class BrokerLink:
@@ -116,10 +116,10 @@ class BrokerLink:
         self.malformed += 1
         log.warning("malformed job dropped: %s", error.message)
         if len(frames) >= 2:
-            self.send_result(frames[1].bytes, Reply.error("", error))
+            self.send_result(error_result_frames(frames[1].bytes, error))
 
-    def send_result(self, job_id: bytes, reply: Reply) -> None:
-        frames = result_frames(job_id, reply)
+    def send_result(self, frames: list) -> None:
+        """RESULT frames (wire.backend.result_frames / error_result_frames)."""
         self.socket.send_multipart(frames, copy=copy_small(frames))
 
     def tick(self) -> bool:
@@ -132,9 +132,9 @@ class BrokerLink:
             reconnected = True
         if now >= self.next_heartbeat:
             figures = self.figures()
-            figures.update(pid=os.getpid(), worker_id=self.worker_id, service=self.service)
             figures["malformed"] = figures.get("malformed", 0) + self.malformed
-            self.socket.send_multipart(heartbeat_frames(figures))
+            heartbeat = Heartbeat(self.service, self.worker_id, os.getpid(), figures)
+            self.socket.send_multipart(heartbeat_frames(heartbeat))
             self.next_heartbeat = now + self.interval_s
         return reconnected
 
