@@ -5,27 +5,86 @@ column feeds its pair. A pair's baseline is its first DRIFT_BASELINE_SIZE non-nu
 observations (or one set explicitly); its window is a ring of the last DRIFT_WINDOW_SIZE
 non-null observations after the baseline completed. Every observation remembers how many
 nulls arrived just before it, so the null fraction of a baseline or window is exact.
+
+How a pair is scored comes from the statistics registry (`drift.statistics`): the statistic of
+its kind decides `is_drifting` against that statistic's threshold (`statistic_thresholds`),
+the statistics of `REPORTED_STATISTICS` are reported beside it, and what they need from the
+baseline is computed once when it completes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from drift.statistics import (
-    categorical_reference,
-    ks_statistic,
-    moments,
-    numeric_reference,
-    psi_categorical,
-    psi_numeric,
-)
-from featurestore.config import Settings
-from featurestore.features.registry import CATEGORICAL, MONITORED_KINDS, REGISTRY
+from drift.statistics import STATISTICS, Result, Statistic, drift_statistic, moments, statistic
+from featurestore.config import ConfigError, Settings, parse_thresholds
+from featurestore.features.registry import MONITORED_KINDS, REGISTRY
 from featurestore.timestamps import format_iso, now_ms
 
 MIN_EXPLICIT_BASELINE = 2
+# The report's fields beside drift_score (SPEC §7): the score of a registered statistic where it
+# applies to the pair's kind, else null.
+REPORTED_STATISTICS = {"ks_statistic": "ks"}
+# SPEC §7: is_drifting = PSI > DRIFT_THRESHOLD.
+DRIFT_THRESHOLD_STATISTICS = ("psi_numeric", "psi_categorical")
+
+
+def statistic_thresholds(settings: Settings) -> dict[str, float]:
+    """Every registered statistic's threshold: its entry in DRIFT_STATISTIC_THRESHOLDS, else
+    DRIFT_THRESHOLD for the PSI statistics, else the statistic's default."""
+    chosen = {name: s.default_threshold for name, s in STATISTICS.items()}
+    chosen.update(dict.fromkeys(DRIFT_THRESHOLD_STATISTICS, settings.drift_threshold))
+    for name, threshold in parse_thresholds(settings.drift_statistic_thresholds).items():
+        if name not in STATISTICS:
+            raise ConfigError(
+                f"DRIFT_STATISTIC_THRESHOLDS: no drift statistic {name!r}: expected one of "
+                f"{', '.join(sorted(STATISTICS))}"
+            )
+        chosen[name] = threshold
+    return chosen
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one pair is scored: the statistic that decides `is_drifting` (its score is the
+    `drift_score`) against its threshold, and the statistics reported beside it, by field."""
+
+    decides: Statistic[Any]
+    threshold: float
+    reported: tuple[tuple[str, Statistic[Any]], ...]
+
+    @classmethod
+    def of_kind(cls, kind: str, thresholds: dict[str, float]) -> Scoring:
+        decides = drift_statistic(kind)
+        reported = tuple(
+            (name, found)
+            for name, registered in REPORTED_STATISTICS.items()
+            if (found := statistic(registered)).applies_to(kind)
+        )
+        return cls(decides, thresholds[decides.name], reported)
+
+    def references(self, baseline: np.ndarray) -> dict[Callable, Any]:
+        """What the statistics need from a baseline, each computed once (by function)."""
+        out: dict[Callable, Any] = {}
+        for used in (self.decides, *(s for _, s in self.reported)):
+            if used.reference not in out:
+                out[used.reference] = used.reference(baseline)
+        return out
+
+    def score(
+        self, references: dict[Callable, Any], current: np.ndarray
+    ) -> tuple[Result, dict[str, float]]:
+        """The deciding statistic's result and the reported scores of one window."""
+        decides = self.decides
+        result = decides.apply(references[decides.reference], current, self.threshold)
+        return result, {
+            name: reported.score(references[reported.reference], current)
+            for name, reported in self.reported
+        }
 
 
 def null_gaps(column: np.ndarray, carry: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -43,15 +102,15 @@ def null_gaps(column: np.ndarray, carry: int) -> tuple[np.ndarray, np.ndarray, i
 class Pair:
     version: str
     feature: str
-    kind: str
     column: int
+    scoring: Scoring
     baseline_size: int
     window_size: int
     baseline_parts: list = field(default_factory=list)
     baseline_count: int = 0
     baseline_nulls: int = 0
     baseline: np.ndarray | None = None  # set when complete
-    reference: object | None = None
+    references: dict[Callable, Any] = field(default_factory=dict)  # from the complete baseline
     ring: np.ndarray | None = None
     ring_gaps: np.ndarray | None = None
     head: int = 0
@@ -97,16 +156,12 @@ class Pair:
         self.baseline_parts = []
         self.baseline_count = self.baseline.size
         self.baseline_nulls = nulls
-        self.reference = (
-            categorical_reference(self.baseline)
-            if self.kind == CATEGORICAL
-            else numeric_reference(self.baseline)
-        )
+        self.references = self.scoring.references(self.baseline)
         self.clear_window()
 
     def reset(self) -> None:
         self.baseline = None
-        self.reference = None
+        self.references = {}
         self.baseline_parts = []
         self.baseline_count = self.baseline_nulls = 0
         self.clear_window()
@@ -121,19 +176,18 @@ class Pair:
             return self.ring[index], int(self.ring_gaps[index].sum())
         return self.ring.copy(), int(self.ring_gaps.sum())
 
-    def detail(self, min_current: int, threshold: float) -> dict:
+    def detail(self, min_current: int) -> dict:
         current, current_nulls = self.window()
         # nulls after the last non-null observation belong to whatever is filling now
         baseline_nulls = self.baseline_nulls if self.complete else self.baseline_nulls + self.carry
         if self.complete:
             current_nulls += self.carry
-        score = ks = None
+        score, drifting = None, False
+        reported: dict[str, float | None] = dict.fromkeys(REPORTED_STATISTICS)
         if self.complete and current.size >= min_current:
-            if self.kind == CATEGORICAL:
-                score = psi_categorical(self.reference, current)
-            else:
-                score = psi_numeric(self.reference, current)
-                ks = ks_statistic(self.reference.sorted_values, current)
+            result, scores = self.scoring.score(self.references, current)
+            score, drifting = result.score, result.is_drifting
+            reported.update(scores)
         baseline = (
             self.baseline
             if self.complete
@@ -143,8 +197,10 @@ class Pair:
             "feature": self.feature,
             "version": self.version,
             "drift_score": score,
-            "ks_statistic": ks,
-            "is_drifting": score is not None and score > threshold,
+            **reported,
+            "is_drifting": drifting,
+            "statistic": self.scoring.decides.name,
+            "threshold": self.scoring.threshold,
             "baseline": moments(baseline, baseline_nulls),
             "current": moments(current, current_nulls),
         }
@@ -161,13 +217,14 @@ class DriftMonitor:
         self.last_seq: dict[str, int] = {}
         self.dropped = 0
         self.drifting: dict[tuple[str, str], bool] = {}
+        thresholds = statistic_thresholds(settings)
         for version in settings.versions:
             self.pairs[version] = [
                 Pair(
                     version,
                     f.name,
-                    f.kind,
                     column,
+                    Scoring.of_kind(f.kind, thresholds),
                     settings.drift_baseline_size,
                     settings.drift_window_size,
                 )
@@ -215,9 +272,8 @@ class DriftMonitor:
         return done
 
     def report(self) -> dict:
-        threshold = self.settings.drift_threshold
         details = [
-            pair.detail(self.settings.drift_min_current, threshold)
+            pair.detail(self.settings.drift_min_current)
             for pairs in self.pairs.values()
             for pair in pairs
         ]
@@ -232,7 +288,7 @@ class DriftMonitor:
         return {
             "monitoring_since": format_iso(min(self.since_ms.values())),
             "total_tracked": sum(self.tracked.values()),
-            "drift_threshold": threshold,
+            "drift_threshold": self.settings.drift_threshold,
             "features_monitored": len(details),
             "drifting_features": len(drifting),
             "dropped": self.dropped,

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -49,6 +50,36 @@ def _parse_float(raw: str) -> float:
 
 def _parse_str(raw: str) -> str:
     return raw.strip()
+
+
+THRESHOLD_MAX = 1e6
+STATISTIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def parse_thresholds(raw: str) -> dict[str, float]:
+    """`NAME=VALUE,...` (DRIFT_STATISTIC_THRESHOLDS) as {statistic name: threshold}; the drift
+    process checks that each name is one of its statistics."""
+    thresholds: dict[str, float] = {}
+    if not raw.strip():
+        return thresholds
+    for item in raw.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not STATISTIC_NAME.fullmatch(name):
+            raise ValueError("expected NAME=VALUE,... such as ks=0.1,psi_categorical=0.2")
+        if name in thresholds:
+            raise ValueError(f"{name} given twice")
+        try:
+            threshold = _parse_float(value)
+        except ValueError:
+            raise ValueError(f"{name}: expected a finite number") from None
+        if not 0 <= threshold <= THRESHOLD_MAX:
+            raise ValueError(f"{name}: must be between 0 and {THRESHOLD_MAX:g}")
+        thresholds[name] = threshold
+    return thresholds
+
+
+def _parse_thresholds(raw: str) -> str:
+    return ",".join(f"{name}={value!r}" for name, value in parse_thresholds(raw).items())
 
 
 def _parse_endpoint(raw: str) -> str:
@@ -94,6 +125,12 @@ VARIABLES: dict[str, _Var] = {
     "ENABLE_DRIFT_MONITORING": _Var(_parse_bool, True, doc="publish vectors to the drift process"),
     "DRIFT_CHECK_INTERVAL_MS": _Var(_parse_int, 60_000, 10, 10**9, doc="report publishing period"),
     "DRIFT_THRESHOLD": _Var(_parse_float, 0.15, 0.0, 1e6, doc="PSI above which a feature drifts"),
+    "DRIFT_STATISTIC_THRESHOLDS": _Var(
+        _parse_thresholds,
+        "",
+        doc="per drift statistic NAME=VALUE,... (psi_numeric, psi_categorical, ks); "
+        "unset: DRIFT_THRESHOLD for PSI, else the statistic's default",
+    ),
     "DRIFT_BASELINE_SIZE": _Var(_parse_int, 1000, 10, 10**7, doc="observations in a baseline"),
     "DRIFT_WINDOW_SIZE": _Var(_parse_int, 1000, 10, 10**7, doc="observations in the window"),
     "DRIFT_MIN_CURRENT": _Var(_parse_int, 500, 1, 10**7, doc="window size before scoring"),
@@ -165,6 +202,7 @@ class Settings:
     enable_drift_monitoring: bool
     drift_check_interval_ms: int
     drift_threshold: float
+    drift_statistic_thresholds: str
     drift_baseline_size: int
     drift_window_size: int
     drift_min_current: int

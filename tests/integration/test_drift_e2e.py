@@ -226,6 +226,8 @@ def assert_scored_against(report: dict, baseline: np.ndarray, window: np.ndarray
         else:
             assert entry["ks_statistic"] == pytest.approx(reference_ks(b, c), abs=1e-12)
         assert entry["is_drifting"] is (entry["drift_score"] > THRESHOLD)
+        assert entry["statistic"] == ("psi_categorical" if categorical else "psi_numeric")
+        assert entry["threshold"] == THRESHOLD
         assert entry["baseline"] == reference_summary(b), feature.name
         assert entry["current"] == reference_summary(c), feature.name
     assert report["drifting_features"] == len(drifting(report)) + len(drifting(report, "v2"))

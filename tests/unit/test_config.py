@@ -49,6 +49,22 @@ def _invalid_values(name: str, var: config._Var) -> list[str]:
             "tcp://127.0.0.1:1,udp://x:1",
             "ipc:///tmp/" + "x" * 100,
         ]
+    elif kind == "thresholds":
+        bad += [
+            "ks",
+            "ks=",
+            "=0.1",
+            "KS=0.1",
+            "k s=0.1",
+            "ks=abc",
+            "ks=nan",
+            "ks=inf",
+            "ks=-0.5",
+            "ks=2e6",
+            "ks=0.1,ks=0.2",
+            "ks=0.1,,psi_numeric=0.2",
+            "ks=0.1;psi_numeric=0.2",
+        ]
     if var.minimum is not None:
         below = var.minimum - 1 if kind == "int" else var.minimum - 0.5
         bad.append(str(int(below)) if kind == "int" else repr(below))
@@ -143,6 +159,23 @@ def test_floats_and_bounds_are_inclusive() -> None:
     assert Settings.from_env({"DRIFT_THRESHOLD": " 0.25 "}).drift_threshold == 0.25
     assert Settings.from_env({"MAX_REDISPATCH": "0"}).max_redispatch == 0
     assert Settings.from_env({"MAX_EVENT_FUTURE_MS": "0"}).max_event_future_ms == 0
+
+
+def test_statistic_thresholds_are_parsed_and_normalised() -> None:
+    raw = " ks = 0.05 , psi_categorical=0.25,psi_numeric=0, custom_2=1e6 "
+    settings = Settings.from_env({"DRIFT_STATISTIC_THRESHOLDS": raw})
+    assert settings.drift_statistic_thresholds == (
+        "ks=0.05,psi_categorical=0.25,psi_numeric=0.0,custom_2=1000000.0"
+    )
+    assert config.parse_thresholds(settings.drift_statistic_thresholds) == {
+        "ks": 0.05,
+        "psi_categorical": 0.25,
+        "psi_numeric": 0.0,
+        "custom_2": 1e6,
+    }
+    assert config.parse_thresholds("") == {}
+    assert Settings.from_env({"DRIFT_STATISTIC_THRESHOLDS": "  "}).drift_statistic_thresholds == ""
+    assert Settings.from_env(settings.as_env()) == settings
 
 
 def test_endpoints_accept_tcp_ipc_and_lists() -> None:

@@ -425,6 +425,8 @@ def test_an_empty_monitor_reports_insufficient_data():
         "drift_score": None,
         "ks_statistic": None,
         "is_drifting": False,
+        "statistic": "psi_numeric",
+        "threshold": 0.15,
         "baseline": {"mean": None, "stdDev": None, "count": 0, "null_fraction": None},
         "current": {"mean": None, "stdDev": None, "count": 0, "null_fraction": None},
     }
