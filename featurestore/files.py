@@ -360,9 +360,8 @@ class FrameWriter:
         self._parquet.write_table(table)
 
     def _write_json(self, frame: pd.DataFrame) -> None:
-        """Each slice's rows in one encoding call (~5x faster than row by row), its brackets
-        traded for the array's: `[` before the first row, `,` between slices; `close` writes
-        the `]`."""
+        """Each slice's rows in one encoding call, its brackets traded for the array's: `[`
+        before the first row, `,` between slices; `close` writes the `]`."""
         for rows in _row_slices(frame):
             if rows:
                 lead = b"[" if self._rows == 0 else b","
@@ -390,7 +389,8 @@ class FrameWriter:
 
 def _row_slices(frame: pd.DataFrame) -> Iterator[list[dict]]:
     """The frame's rows as dicts in column order (NaN and NA None, Int64 cells int), at most
-    JSON_SLICE_ROWS at a time: Python objects for a whole chunk would take ~20x its size."""
+    JSON_SLICE_ROWS at a time: the Python objects of a whole 100,000-row chunk of every
+    feature take ~250 MB."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     for batch in table.to_batches(max_chunksize=JSON_SLICE_ROWS):
         yield batch.to_pylist()
