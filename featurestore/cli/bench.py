@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pandas as pd
-
 from featurestore.cli.common import CommandError, common_options
 from featurestore.config import Settings
-from featurestore.demo import ENTITY_LIST
-from featurestore.stress import report_lines, run_stress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def entity_ids(settings: Settings) -> list[str]:
+    import pandas as pd
+
+    from featurestore.demo import ENTITY_LIST
+
     listing = Path(settings.data_dir) / ENTITY_LIST
     if not listing.exists():
         raise CommandError(f"{listing} not found: run `featurestore serve --demo` first")
@@ -46,6 +45,10 @@ def entity_ids(settings: Settings) -> list[str]:
 
 
 def run_stress_command(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from featurestore.stress import report_lines, run_stress
+
     url = urlparse(args.url or f"http://{settings.host}:{settings.port}")
     host = url.hostname or "127.0.0.1"
     host = "127.0.0.1" if host == "0.0.0.0" else host

@@ -1,5 +1,9 @@
 """What the CLI commands share: exit codes, the --data-dir option, settings, the event store,
-progress bars."""
+progress bars.
+
+Import-light, like every command module's `add_parser`: `featurestore --help` must not load
+NumPy, pandas, Arrow or ZeroMQ, so what needs them is imported inside the function that uses it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_FAILURE
-from featurestore.store.sqlite import SqliteEventStore, open_store
+
+if TYPE_CHECKING:
+    from featurestore.store.sqlite import SqliteEventStore
 
 
 class CommandError(Exception):
@@ -43,6 +50,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
 def open_event_store(settings: Settings) -> SqliteEventStore:
     """The store of DATA_DIR with the service's request id retention. StoreCorrupt and
     StoreUnavailable reach `main`, which prints them as one line."""
+    from featurestore.store.sqlite import open_store
+
     return open_store(settings.data_dir, request_id_retention_ms=settings.request_id_retention_ms)
 
 

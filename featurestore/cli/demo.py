@@ -13,8 +13,6 @@ from featurestore.cli.common import (
     running_cache,
 )
 from featurestore.config import Settings
-from featurestore.demo import ENTITY_LIST, MEAN_EVENTS, default_end_ms, write_demo
-from featurestore.timestamps import TimestampError, format_iso, now_ms, parse_timestamp
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore.demo import ENTITY_LIST, MEAN_EVENTS, default_end_ms, write_demo
+    from featurestore.timestamps import TimestampError, format_iso, now_ms, parse_timestamp
+
     if args.entities < 1:
         raise CommandError("--entities must be at least 1")
     try:

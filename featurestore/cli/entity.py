@@ -5,16 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-import orjson
-
 from featurestore.cli.common import CommandError, common_options, open_event_store, running_cache
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_NOT_FOUND
-from featurestore.features.engine import compute
-from featurestore.features.vectors import VectorView
-from featurestore.timestamps import TimestampError, now_ms, parse_timestamp
-from featurestore.validation.identifiers import identifier_problem
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,11 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_entity(entity_id: str) -> None:
+    from featurestore.validation.identifiers import identifier_problem
+
     if problem := identifier_problem(entity_id):
         raise CommandError(f"entity_id {problem}")
 
 
 def _as_of(text: str | None) -> int:
+    from featurestore.timestamps import TimestampError, now_ms, parse_timestamp
+
     now = now_ms()
     if text is None:
         return now
@@ -49,6 +46,12 @@ def _as_of(text: str | None) -> int:
 
 
 def run_features(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+    import orjson
+
+    from featurestore.features.engine import compute
+    from featurestore.features.vectors import VectorView
+
     _check_entity(args.entity_id)
     version = args.version or settings.feature_version
     if version not in settings.versions:
@@ -82,6 +85,8 @@ def run_features(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_delete(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
     _check_entity(args.entity_id)
     store = open_event_store(settings)
     try:

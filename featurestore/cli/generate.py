@@ -6,8 +6,6 @@ import argparse
 
 from featurestore.cli.common import CommandError, common_options, open_event_store, progress_bar
 from featurestore.config import Settings
-from featurestore.files import FileError, count_rows, file_format
-from featurestore.offline import generate_file, select_features
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("rows", help="a .csv, .parquet or .jsonl file of entity_id, timestamp")
     parser.add_argument(
-        "--output", "-o", required=True, help="output file; .parquet, .csv or .jsonl"
+        "--output",
+        "-o",
+        required=True,
+        help="output file; .parquet, .csv, .jsonl or .json (an array of row objects)",
     )
     parser.add_argument("--version", default=None, help="feature version (default FEATURE_VERSION)")
     parser.add_argument("--features", default="", help="comma-separated names (default all)")
@@ -26,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore.files import FileError, count_rows, output_format
+    from featurestore.offline import generate_file, select_features
+
     version = args.version or settings.feature_version
     if version not in settings.versions:
         raise CommandError(f"unknown version {version!r}; valid: {', '.join(settings.versions)}")
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except KeyError as exc:
         raise CommandError(f"unknown feature(s) {exc.args[0]} in {version}") from None
     try:
-        file_format(args.output)
+        output_format(args.output)
         total = count_rows(args.rows)
         store = open_event_store(settings)
         try:

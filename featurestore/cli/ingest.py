@@ -13,8 +13,6 @@ from featurestore.cli.common import (
     running_cache,
 )
 from featurestore.config import Settings
-from featurestore.files import FileError, count_rows
-from featurestore.ingest_file import ingest_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore.files import FileError, count_rows
+    from featurestore.ingest_file import ingest_file
+
     started = time.perf_counter()
     store = open_event_store(settings)
     try:

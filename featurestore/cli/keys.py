@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from featurestore import curve
 from featurestore.cli.common import CommandError
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_CONFIG
@@ -55,6 +54,8 @@ def _target(given: str | None, setting: str, variable: str, option: str) -> Path
 
 
 def run_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore import curve  # ZeroMQ: only for this action
+
     directory = _target(args.dir, settings.zmq_curve_keys_dir, "ZMQ_CURVE_KEYS_DIR", "--dir")
     try:
         if args.client is None:

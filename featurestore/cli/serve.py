@@ -21,16 +21,11 @@ from pathlib import Path
 
 from featurestore.cli.common import CommandError, common_options, progress_bar
 from featurestore.config import Settings
-from featurestore.curve import check_keys, internal_keys
-from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
 from featurestore.errors import ServiceError
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_UNAVAILABLE
-from featurestore.launcher import wait_for
 from featurestore.processes import terminate
 from featurestore.stacklock import StackBusy, StackLock
-from featurestore.store.sqlite import open_store
 from featurestore.supervisor import given_up, program_pids, start_supervisord
-from featurestore.timestamps import now_ms
 from featurestore.tokens import tokens_from_settings
 from featurestore.wire.client import Client
 
@@ -65,6 +60,10 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _fill_demo(settings: Settings) -> None:
+    from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
+    from featurestore.store.sqlite import open_store
+    from featurestore.timestamps import now_ms
+
     store = open_store(settings.data_dir)
     try:
         if store.counts()["events"]:
@@ -117,6 +116,8 @@ def _check_supervisord(settings: Settings, supervisord: subprocess.Popen) -> Non
 
 
 def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
+    from featurestore.curve import internal_keys
+
     _check_supervisord(settings, supervisord)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     if not _port_open(host, settings.port):
@@ -129,6 +130,9 @@ def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore.curve import check_keys
+    from featurestore.store.sqlite import open_store
+
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     with _take_data_dir(settings) as lock:
         if _port_open(host, settings.port):
@@ -146,6 +150,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings, lock: StackLock) -> int:
+    from featurestore.launcher import wait_for
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -331,6 +331,8 @@ class DriftDetail(Answer):
     is_drifting: bool
     baseline: Moments
     current: Moments
+    statistic: str | None = None  # the registered statistic that decides is_drifting
+    threshold: float | None = None  # what its score is compared with
 
 
 class DriftReport(Answer, kw_only=True):

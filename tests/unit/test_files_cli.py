@@ -33,6 +33,7 @@ from featurestore.exitcodes import EXIT_FAILURE, EXIT_NOT_FOUND
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.features.vectors import VectorView
+from featurestore.offline import generate_file
 from featurestore.store.batch import NO_CATEGORY
 from featurestore.store.columns import EventColumns
 from featurestore.store.sqlite import SqliteEventStore
@@ -351,6 +352,8 @@ BAD_FILES = [
      "the file has a header but no rows"),
     ("events.txt", _csv(_HEADER + f"a,{T0},1\n"),
      "unknown file type '.txt' (use .csv, .parquet or .jsonl)"),
+    ("events.json", _raw(f'[{{"entity_id": "a", "timestamp": {T0}, "value": 1}}]'),
+     "unknown file type '.json' (use .csv, .parquet or .jsonl)"),  # output only
     ("control.csv", _csv(_HEADER + f"a,{T0},1\n\"b\x01c\",{T0},2\n"),
      "row 2, column entity_id: contains a control character (U+0000-U+001F)"),
     ("newline_id.jsonl", _jsonl({"entity_id": "a", "timestamp": T0, "value": 1},
@@ -674,8 +677,13 @@ def read_output(path: Path, version: str, names: list[str]) -> list[dict[str, An
             expected_type = pa.int64() if types[name] == "int" else pa.float64()
             assert table.schema.field(name).type == expected_type, name
         return table.to_pylist()
-    if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines()]
+    if path.suffix in (".jsonl", ".json"):
+        text = path.read_text()
+        if path.suffix == ".json":  # one array of row objects
+            records = json.loads(text)
+            assert isinstance(records, list)
+        else:
+            records = [json.loads(line) for line in text.splitlines()]
         for record in records:
             assert list(record) == ["entity_id", "timestamp", *names, "status"]
         return records
@@ -723,6 +731,7 @@ GENERATE_CASES = [
     pytest.param(("csv", "ms", "parquet"), id="csv-ms-to-parquet"),
     pytest.param(("jsonl", "iso", "csv"), id="jsonl-iso-to-csv"),
     pytest.param(("parquet", "ms", "jsonl"), id="parquet-ms-to-jsonl"),
+    pytest.param(("csv", "ms", "json"), id="csv-ms-to-json"),
 ]
 
 
@@ -867,3 +876,101 @@ def test_generate_streams_many_chunks_in_input_order(
         else:
             assert {days[i] for i in where} == {expected["day_of_week"]}
             assert all(math.isclose(means[i], expected["value_mean"], rel_tol=1e-9) for i in where)
+
+
+# ------------------------------------------------------------------------ generate to .json
+def _generate(data_dir: Path, rows: Path, output: Path, **options: Any) -> None:
+    """`generate_file` in this process (the CLI is tested above), with small chunks."""
+    store = open_store(data_dir)
+    try:
+        generate_file(store, rows, output, version="v1", names=feature_set("v1").names, **options)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("case", [("parquet", "ms"), ("jsonl", "iso")], ids="-".join)
+def test_generate_json_is_the_rows_of_csv_and_parquet(
+    tmp_path: Path, small_store: Path, oracle: PrefixOracle, monkeypatch, case: tuple[str, str]
+) -> None:
+    # Given rows over several chunks, and JSON slices smaller than a chunk
+    source, stamps = case
+    times = ROW_TIMES * 3
+    stamp_values = [t if stamps == "ms" else iso(t, i % 5) for i, (_, t) in enumerate(times)]
+    frame = pd.DataFrame({"entity_id": [e for e, _ in times], "timestamp": stamp_values})
+    rows = write_table(tmp_path / f"rows.{source}", frame)
+    monkeypatch.setattr(files, "JSON_SLICE_ROWS", 2)
+    output = tmp_path / "out.json"
+    partial = tmp_path / "out.json.partial"
+    seen: list[tuple[bool, bool]] = []
+    # When it is generated to JSON (watching the files after each chunk), CSV and Parquet
+    _generate(
+        small_store,
+        rows,
+        output,
+        chunk_rows=5,
+        progress=lambda _n: seen.append((output.exists(), partial.exists())),
+    )
+    for other in ("out.csv", "out.parquet"):
+        _generate(small_store, rows, tmp_path / other, chunk_rows=5)
+    # Then the output appeared only when complete
+    assert len(seen) == math.ceil(len(times) / 5)
+    assert set(seen) == {(False, True)}
+    assert output.exists() and not partial.exists()
+    # and it is one array of the same rows as Parquet (the same values and the same types)
+    names = feature_set("v1").names
+    records = read_output(output, "v1", names)
+    assert records == read_output(tmp_path / "out.parquet", "v1", names)
+    types = {f.name: f.type for f in feature_set("v1").features}
+    for record in records:
+        assert type(record["timestamp"]) is (int if stamps == "ms" else str)
+        for name in names:
+            want = int if types[name] == "int" else float
+            assert record[name] is None or type(record[name]) is want, (name, record[name])
+    assert {r["status"] for r in records} == {"ok", "not_found"}
+    assert any(r["value_mean"] is None for r in records)  # nulls as JSON null
+    # and as CSV, whose cells are text
+    as_text = [{**r, "timestamp": str(r["timestamp"])} for r in records]
+    assert as_text == read_output(tmp_path / "out.csv", "v1", names)
+    # and the rows are right (the first copy of ROW_TIMES against the oracle)
+    check_generated(records[: len(ROW_TIMES)], stamp_values[: len(ROW_TIMES)], oracle, "v1", names)
+
+
+def test_generate_json_that_fails_in_a_later_chunk_leaves_nothing(
+    tmp_path: Path, small_store: Path
+) -> None:
+    # Given rows whose only bad row is in the third chunk
+    good = [{"entity_id": "A", "timestamp": T0 + i * HOUR} for i in range(12)]
+    rows = _jsonl(*good, {"entity_id": "A\x07", "timestamp": T0})(tmp_path / "rows.jsonl")
+    output = tmp_path / "out.json"
+    partial = tmp_path / "out.json.partial"
+    written: list[bool] = []
+    # When generated to JSON
+    with pytest.raises(files.FileError, match="row 13, column entity_id: contains a control"):
+        _generate(
+            small_store,
+            rows,
+            output,
+            chunk_rows=5,
+            progress=lambda _n: written.append(partial.exists()),
+        )
+    # Then two chunks had been written, and neither the output nor its partial file is left
+    assert written == [True, True]
+    assert not output.exists()
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_generate_json_keeps_datetime_timestamps_as_iso(
+    tmp_path: Path, small_store: Path, suffix: str
+) -> None:
+    # Given a Parquet file of rows whose timestamps are an Arrow timestamp column (ns, UTC)
+    stamps = pa.array([t * 1_000_000 for _, t in ROW_TIMES], pa.timestamp("ns", tz="UTC"))
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"entity_id": [e for e, _ in ROW_TIMES], "timestamp": stamps}), rows)
+    output = tmp_path / f"out{suffix}"
+    # When generated to JSON or JSON Lines
+    _generate(small_store, rows, output)
+    # Then each timestamp is the same instant, written as ISO-8601
+    records = read_output(output, "v1", feature_set("v1").names)
+    instants = [datetime.fromisoformat(r["timestamp"]) for r in records]
+    assert instants == [datetime.fromtimestamp(t / 1000, tz=UTC) for _, t in ROW_TIMES]
