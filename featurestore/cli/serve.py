@@ -27,7 +27,6 @@ from featurestore.processes import terminate
 from featurestore.stacklock import StackBusy, StackLock
 from featurestore.supervisor import given_up, program_pids, start_supervisord
 from featurestore.tokens import tokens_from_settings
-from featurestore.wire.client import Client
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
