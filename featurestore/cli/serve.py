@@ -116,6 +116,7 @@ def _check_supervisord(settings: Settings, supervisord: subprocess.Popen) -> Non
 
 def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
     from featurestore.curve import internal_keys
+    from featurestore.wire.client import Client
 
     _check_supervisord(settings, supervisord)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
