@@ -16,7 +16,6 @@ from featurestore.config import Settings
 from featurestore.curve import CurveClient
 from featurestore.features.registry import definitions
 from featurestore.protocol import Op, Reply
-from gateway.metrics import MetricsBoard
 from gateway.openapi import openapi_document
 from shm import FeatureCache
 
@@ -26,7 +25,6 @@ class Gateway:
     settings: Settings
     cache: FeatureCache
     client: AsyncClient
-    metrics: MetricsBoard
     started: float
     definitions_json: bytes
     openapi_json: bytes
@@ -41,7 +39,6 @@ class Gateway:
             settings=settings,
             cache=FeatureCache.from_settings(settings),
             client=client,
-            metrics=MetricsBoard(settings.cache_name),
             started=time.monotonic(),
             definitions_json=orjson.dumps(definitions(settings.versions)),
             openapi_json=orjson.dumps(openapi_document(settings)),
@@ -104,4 +101,3 @@ class Gateway:
     async def close(self) -> None:
         await self.client.close()
         self.cache.close()
-        self.metrics.close()

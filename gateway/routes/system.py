@@ -11,7 +11,7 @@ from featurestore.errors import ServiceError
 from featurestore.protocol import Op
 from gateway.auth import open_route, writes
 from gateway.http import JSON, instrumented, json_body, json_response
-from gateway.metrics import render
+from gateway.metrics.exposition import CONTENT_TYPE, live_servers, render
 
 system = Blueprint("system")
 HEALTH_TIMEOUT_MS = 1000
@@ -48,13 +48,18 @@ async def health(request: Request) -> HTTPResponse:
             "cache": "ok",
             "memory": {},
         }
-    servers = gw.metrics.live_pids()
-    body["gateway"] = {"alive": len(servers), "expected": gw.settings.gateway_workers}
-    if body["status"] == "ok" and len(servers) < gw.settings.gateway_workers:
+    add_gateway_health(request, body)
+    if body["status"] == "ok" and body["gateway"]["alive"] < gw.settings.gateway_workers:
         body["status"] = "degraded"  # a dead HTTP server is being replaced
     body["uptime_s"] = body.get("uptime_s", 0.0)
-    body["memory"] = {**gateway_memory(servers), **body.get("memory", {})}
     return json_response(body, 503 if body["status"] == "down" else 200)
+
+
+def add_gateway_health(request: Request, body: dict) -> None:
+    """The gateway's part of a health answer: its HTTP servers that serve, and its memory."""
+    servers = live_servers(request.app.ctx.metrics.directory)
+    body["gateway"] = {"alive": len(servers), "expected": request.app.ctx.settings.gateway_workers}
+    body["memory"] = {**gateway_memory(servers), **body.get("memory", {})}
 
 
 @system.post("/cache/clear", name="cache_clear")
@@ -72,9 +77,10 @@ async def metrics(request: Request) -> HTTPResponse:
         stats = (await gw.call(Op.STATS, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)).body
         health = (await gw.call(Op.HEALTH, {}, request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)).body
     except ServiceError:
-        stats = health = None
-    text = render(gw.metrics.totals(), stats, health)
-    return HTTPResponse(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+        stats, health = None, {}  # the broker did not answer: the gateway's own figures
+    add_gateway_health(request, health)
+    text = render(request.app.ctx.metrics.directory, stats, health)
+    return HTTPResponse(text, content_type=CONTENT_TYPE)
 
 
 @system.get("/openapi.json", name="openapi")
