@@ -148,5 +148,8 @@ class GatewayManager:
                 process.kill()
                 process.wait(timeout=STOP_SLACK_S)
         self.listener.close()
-        directory.drop(self.settings.cache_name)
+        try:
+            directory.drop(self.settings.cache_name)
+        except OSError as exc:  # the next start empties it
+            log.warning("could not remove %s: %s", self.metrics_dir, exc)
         log.info("gateway stopped")

@@ -79,7 +79,8 @@ async def metrics(request: Request) -> HTTPResponse:
     except ServiceError:
         stats, health = None, {}  # the broker did not answer: the gateway's own figures
     add_gateway_health(request, health)
-    text = render(request.app.ctx.metrics.directory, stats, health)
+    recorded = request.app.ctx.metrics
+    text = render(recorded.directory, recorded.endpoints(), stats, health)
     return HTTPResponse(text, content_type=CONTENT_TYPE)
 
 

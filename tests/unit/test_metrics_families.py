@@ -11,12 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sanic import Blueprint, HTTPResponse, Sanic
 
 from gateway.metrics.directory import drop, metrics_dir, prepare
-from gateway.metrics.recorder import UNMATCHED, endpoints
+from gateway.metrics.exposition import RESPONSES, request_families
+from gateway.metrics.recorder import (
+    BUCKETS_S,
+    REQUEST_DURATION,
+    REQUEST_DURATION_HELP,
+    UNMATCHED,
+    endpoints,
+)
 from gateway.metrics.service import ServiceCollector, service_metrics
 
 STATS = {
@@ -169,6 +176,47 @@ def test_the_exposition_is_valid_prometheus_text() -> None:
     assert "# TYPE featurestore_cache_hits_total counter" in text.splitlines()
     assert "featurestore_cache_hits_total 300.0" in text.splitlines()
     assert not [line for line in text.splitlines() if "_created" in line]
+
+
+# ------------------------------------------------------------------ request metrics
+def test_the_histogram_by_status_is_exported_per_endpoint_with_the_responses() -> None:
+    # Given what servers recorded: one histogram per (endpoint, status)
+    recorded = Histogram(
+        REQUEST_DURATION,
+        REQUEST_DURATION_HELP,
+        ["endpoint", "status"],
+        buckets=BUCKETS_S,
+        registry=CollectorRegistry(),
+    )
+    for seconds in (0.00005, 0.0003, 0.002):
+        recorded.labels("features", "200").observe(seconds)
+    recorded.labels("features", "404").observe(0.0004)
+    recorded.labels(UNMATCHED, "405").observe(0.00002)
+    (metric,) = recorded.collect()
+    # When exported for the endpoints of the routes
+    duration, responses = request_families(metric.samples, ["features", "health", UNMATCHED])
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in duration.samples}
+
+    def bucket(endpoint: str, le: str) -> float:
+        return samples[f"{REQUEST_DURATION}_bucket", (("endpoint", endpoint), ("le", le))]
+
+    # Then one histogram per endpoint, summed over statuses, cumulative; idle ones at 0
+    assert duration.type == "histogram"
+    edges = ("0.0001", "0.0005", "0.001", "0.0025", "+Inf")
+    assert [bucket("features", le) for le in edges] == [1, 3, 3, 4, 4]
+    assert samples[f"{REQUEST_DURATION}_count", (("endpoint", "features"),)] == 4
+    assert samples[f"{REQUEST_DURATION}_sum", (("endpoint", "features"),)] == pytest.approx(0.00275)
+    assert samples[f"{REQUEST_DURATION}_count", (("endpoint", "health"),)] == 0
+    assert bucket("health", "+Inf") == 0
+    assert bucket(UNMATCHED, "0.0001") == 1
+    # and the responses counter is its counts by status
+    assert responses.type == "counter"
+    assert {(s.labels["endpoint"], s.labels["status"]): s.value for s in responses.samples} == {
+        ("features", "200"): 3,
+        ("features", "404"): 1,
+        (UNMATCHED, "405"): 1,
+    }
+    assert {s.name for s in responses.samples} == {RESPONSES}
 
 
 # --------------------------------------------------------------------------- endpoints
