@@ -13,6 +13,7 @@ from featurestore.tokens import tokens_from_settings
 from gateway.context import Gateway
 from gateway.http import finish, render_error
 from gateway.manager import GRACEFUL_SHUTDOWN_S
+from gateway.metrics.recorder import ServerMetrics, endpoints
 from gateway.request import GatewayRequest
 from gateway.routes.events import events
 from gateway.routes.features import features
@@ -50,10 +51,14 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
 
 async def _open(app: Sanic) -> None:
+    metrics = ServerMetrics(endpoints(app))  # the routes, every blueprint registered
     app.ctx.gw = await Gateway.open(app.ctx.settings, list(app.router.routes), app.ctx.curve)
+    app.ctx.metrics = metrics
+    metrics.serving(True)
 
 
 async def _close(app: Sanic) -> None:
+    app.ctx.metrics.serving(False)
     await app.ctx.gw.close()
 
 

@@ -1,5 +1,5 @@
 """Per-process resources of a gateway server, opened in `before_server_start` and kept on
-`app.ctx.gw`: the settings, the cache, the broker client, the metrics, the documents."""
+`app.ctx.gw`: the settings, the cache, the broker client, the documents."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from featurestore.features.registry import definitions
 from featurestore.wire.client import AsyncClient, Response
 from featurestore.wire.frames import Op, get_array
 from featurestore.wire.messages import ComputeRequest, decode_answer
-from gateway.metrics import MetricsBoard
 from gateway.openapi import openapi_document
 from shm import FeatureCache
 
@@ -25,7 +24,6 @@ class Gateway:
     settings: Settings
     cache: FeatureCache
     client: AsyncClient
-    metrics: MetricsBoard
     started: float
     definitions_json: bytes
     openapi_json: bytes
@@ -45,7 +43,6 @@ class Gateway:
             settings=settings,
             cache=FeatureCache.from_settings(settings),
             client=client,
-            metrics=MetricsBoard(settings.cache_name),
             started=time.monotonic(),
             definitions_json=msgspec.json.encode(definitions(settings.versions)),
             openapi_json=msgspec.json.encode(openapi_document(settings, routes)),
@@ -74,7 +71,6 @@ class Gateway:
     async def close(self) -> None:
         await self.client.close()
         self.cache.close()
-        self.metrics.close()
 
 
 CLIENT_SLACK_MS = 1000  # the client waits a bit longer than the broker, so its `timeout` arrives

@@ -159,10 +159,10 @@ def finish(request: Request, response: HTTPResponse) -> HTTPResponse:
     response.headers[REQUEST_ID_HEADER] = rid
     if log.isEnabledFor(logging.DEBUG):
         log.debug("rid=%s %s %s -> %d", rid, request.method, request.path, response.status)
-    gw = getattr(request.app.ctx, "gw", None)
-    if gw is not None:
+    metrics = getattr(request.app.ctx, "metrics", None)
+    if metrics is not None:
         started = getattr(ctx, "started", None)
-        elapsed = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        elapsed_s = 0.0 if started is None else time.perf_counter() - started
         route = request.route
-        gw.metrics.observe(route.name if route is not None else "", response.status, elapsed)
+        metrics.observe(route.name if route is not None else "", response.status, elapsed_s)
     return response

@@ -9,6 +9,9 @@ server processes (gateway/server.py) running on it.
   exits; servers still running after the grace period are killed.
 - Servers die with this process (parent-death signal), so a killed gateway leaves no orphan
   holding the port.
+- The servers' metrics live in a multiprocess directory this process empties at start and
+  removes when it stops (gateway/metrics/directory.py); a dead server's live gauge is
+  removed when it is replaced, its counts stay.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from featurestore.curve import check_keys
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_OK, FINAL_EXIT_CODES
 from featurestore.processes import PARENT_PID_VARIABLE
 from featurestore.tokens import tokens_from_settings
+from gateway.metrics import directory
 from gateway.server import INDEX_VARIABLE, SOCKET_FD_VARIABLE
 
 log = logging.getLogger("gateway")
@@ -64,6 +68,7 @@ class GatewayManager:
         check_keys(settings)  # a bad key or tokens file: ConfigError before any server starts
         tokens_from_settings(settings)
         self.listener = listen(settings.host, settings.port)
+        self.metrics_dir = directory.prepare(settings.cache_name)
         self.servers: dict[int, Server] = {}
         self.stopping = threading.Event()
         self.exit_code = EXIT_OK
@@ -74,6 +79,7 @@ class GatewayManager:
             PARENT_PID_VARIABLE: str(os.getpid()),
             SOCKET_FD_VARIABLE: str(self.listener.fileno()),
             INDEX_VARIABLE: str(index),
+            directory.MULTIPROC_DIR_VARIABLE: str(self.metrics_dir),
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway.server"],
@@ -108,6 +114,7 @@ class GatewayManager:
             code = server.process.poll()
             if code is None:
                 continue
+            directory.forget_process(self.metrics_dir, server.process.pid)
             if code in FINAL_EXIT_CODES:
                 log.error("gateway server %d exited with %d: stopping the gateway", index, code)
                 self.exit_code = code
@@ -141,4 +148,8 @@ class GatewayManager:
                 process.kill()
                 process.wait(timeout=STOP_SLACK_S)
         self.listener.close()
+        try:
+            directory.drop(self.settings.cache_name)
+        except OSError as exc:  # the next start empties it
+            log.warning("could not remove %s: %s", self.metrics_dir, exc)
         log.info("gateway stopped")

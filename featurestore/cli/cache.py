@@ -20,10 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_drop(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.metrics import drop as drop_metrics
     from shm import drop
 
     existed = drop(settings.cache_name)
-    drop_metrics(settings.cache_name)
     print(f"cache {settings.cache_name}: {'dropped' if existed else 'did not exist'}")
     return 0

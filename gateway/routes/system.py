@@ -13,7 +13,7 @@ from featurestore.wire.frames import Op
 from featurestore.wire.messages import Cleared, EmptyRequest
 from gateway.auth import open_route, writes
 from gateway.http import JSON, instrumented, json_response, raw_response
-from gateway.metrics import render
+from gateway.metrics.exposition import CONTENT_TYPE, live_servers, render
 
 system = Blueprint("system")
 HEALTH_TIMEOUT_MS = 1000
@@ -44,10 +44,7 @@ async def _ask(gw, op: Op, request_id: str):
 async def health(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
-        reply = await gw.call(
-            Op.HEALTH, EmptyRequest(), request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS
-        )
-        body = reply.body
+        body = (await _ask(gw, Op.HEALTH, request.ctx.rid)).body
     except ServiceError:
         body = {
             "status": "down",
@@ -58,13 +55,18 @@ async def health(request: Request) -> HTTPResponse:
             "store": "ok",  # not observable without the broker
             "memory": {},
         }
-    servers = gw.metrics.live_pids()
-    body["gateway"] = {"alive": len(servers), "expected": gw.settings.gateway_workers}
-    if body["status"] == "ok" and len(servers) < gw.settings.gateway_workers:
+    add_gateway_health(request, body)
+    if body["status"] == "ok" and body["gateway"]["alive"] < gw.settings.gateway_workers:
         body["status"] = "degraded"  # a dead HTTP server is being replaced
     body["uptime_s"] = body.get("uptime_s", 0.0)
-    body["memory"] = {**gateway_memory(servers), **body.get("memory", {})}
     return json_response(body, 503 if body["status"] == "down" else 200)
+
+
+def add_gateway_health(request: Request, body: dict) -> None:
+    """The gateway's part of a health answer: its HTTP servers that serve, and its memory."""
+    servers = live_servers(request.app.ctx.metrics.directory)
+    body["gateway"] = {"alive": len(servers), "expected": request.app.ctx.settings.gateway_workers}
+    body["memory"] = {**gateway_memory(servers), **body.get("memory", {})}
 
 
 @system.post("/cache/clear", name="cache_clear")
@@ -79,16 +81,14 @@ async def clear_cache(request: Request) -> HTTPResponse:
 async def metrics(request: Request) -> HTTPResponse:
     gw = request.app.ctx.gw
     try:
-        stats = (
-            await gw.call(Op.STATS, EmptyRequest(), request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)
-        ).body
-        health = (
-            await gw.call(Op.HEALTH, EmptyRequest(), request.ctx.rid, timeout_ms=HEALTH_TIMEOUT_MS)
-        ).body
+        stats = (await _ask(gw, Op.STATS, request.ctx.rid)).body
+        health = (await _ask(gw, Op.HEALTH, request.ctx.rid)).body
     except ServiceError:
-        stats = health = None
-    text = render(gw.metrics.totals(), stats, health)
-    return HTTPResponse(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+        stats, health = None, {}  # the broker did not answer: the gateway's own figures
+    add_gateway_health(request, health)
+    recorded = request.app.ctx.metrics
+    text = render(recorded.directory, recorded.endpoints(), stats, health)
+    return HTTPResponse(text, content_type=CONTENT_TYPE)
 
 
 @system.get("/openapi.json", name="openapi")

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from featurestore.features.registry import feature_set
 from featurestore.launcher import Stack, wait_for
+from gateway.metrics.directory import metrics_dir
+from gateway.metrics.recorder import REQUEST_DURATION
 
 HTTP_TIMEOUT_S = 15.0
 REQUEST_ID = "X-Request-Id"
@@ -233,6 +236,22 @@ def parse_prometheus(text: str) -> tuple[dict[str, str], list[tuple[str, dict, f
         assert name in types or family in types, f"sample {name} before its TYPE"
         samples.append((name, labels, float(match["value"])))
     return types, samples
+
+
+def counts_per_server(stack: Stack, endpoint: str) -> dict[int, float]:
+    """Requests of `endpoint` counted by each gateway server, alive or dead: its pid -> the
+    count in its own file of the stack's multiprocess directory."""
+    directory = metrics_dir(stack.settings.cache_name)
+    counts = {}
+    for path in directory.glob("histogram_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        samples = [s for m in MultiProcessCollector.merge([str(path)]) for s in m.samples]
+        counts[pid] = sum(
+            s.value
+            for s in samples
+            if s.name == f"{REQUEST_DURATION}_count" and s.labels["endpoint"] == endpoint
+        )
+    return counts
 
 
 def histogram_count(samples: list, metric: str, **labels: str) -> float:

@@ -67,7 +67,7 @@ def private_env(data_dir: Path, ipc_dir: str, **extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def private_settings(data_dir: Path, **extra: str) -> Iterator[Settings]:
     """Settings of a private stack; afterwards every process using its DATA_DIR is killed,
-    its cache segment and metrics board unlinked and its ipc directory removed."""
+    its cache segment and metrics directory removed and its ipc directory too."""
     ipc_dir = tempfile.mkdtemp(prefix="fs", dir="/tmp")
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env(private_env(data_dir, ipc_dir, **extra))

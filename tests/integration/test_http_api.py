@@ -12,7 +12,9 @@ test_http_errors.py. Each test uses its own entities, so tests may run in any or
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +23,14 @@ from urllib.parse import quote
 import httpx
 import msgspec
 import numpy as np
+import psutil
 import pytest
 from http_support import (
     REQUEST_ID,
     RawHttp,
     as_vector,
     check_feature_types,
+    counts_per_server,
     error_json,
     gateway_stack,
     histogram_count,
@@ -43,7 +47,6 @@ from featurestore.errors import HTTP_STATUS, Code
 from featurestore.features.registry import definitions, feature_set
 from featurestore.launcher import Stack, wait_for
 from featurestore.timestamps import now_ms
-from gateway.metrics import BUCKETS_MS, ENDPOINTS, OWNER_WORDS, PER_ENDPOINT, SLOTS, board_path
 
 V1 = feature_set("v1").names
 V2 = feature_set("v2").names
@@ -459,12 +462,26 @@ def test_drift_routes_when_monitoring_is_disabled(api: httpx.Client, openapi: di
 
 
 # ---------------------------------------------------------------------------- /metrics
-def slot_counts(stack: Stack, endpoint: str) -> list[int]:
-    """Requests of `endpoint` counted by each gateway process (its slot of the shared board)."""
-    board = np.fromfile(board_path(stack.settings.cache_name), dtype=np.int64)
-    board = board.reshape(SLOTS, -1)
-    column = OWNER_WORDS + ENDPOINTS.index(endpoint) * PER_ENDPOINT + len(BUCKETS_MS) + 1
-    return [int(board[row, column]) for row in range(SLOTS) if board[row, 0]]
+DURATION = "featurestore_http_request_duration_seconds"
+RESPONSES = "featurestore_http_responses_total"
+MALFORMED = "featurestore_malformed_messages_total"
+RSS = "featurestore_process_resident_memory_bytes"
+ENDPOINT_LABELS = {  # the route names, and what matched no route
+    "features",
+    "features_batch",
+    "features_historical",
+    "events",
+    "entities_delete",
+    "features_stats",
+    "features_definitions",
+    "drift_report",
+    "drift_baseline",
+    "health",
+    "cache_clear",
+    "metrics",
+    "openapi",
+    "unmatched",
+}
 
 
 async def fire(stack: Stack, path: str, count: int) -> None:
@@ -474,69 +491,128 @@ async def fire(stack: Stack, path: str, count: int) -> None:
     assert [r.status_code for r in responses] == [200] * count
 
 
+def live_servers(stack: Stack) -> list[int]:
+    return sorted(p.pid for p in psutil.Process(stack.pid("gateway")).children())
+
+
+def serve_on_every_server(stack: Stack, path: str, endpoint: str) -> int:
+    """Send GETs of `path` until every live gateway server has counted some; how many."""
+    sent = 0
+
+    def all_served() -> bool:
+        nonlocal sent
+        asyncio.run(fire(stack, path, 40))
+        sent += 40
+        counts = counts_per_server(stack, endpoint)
+        return all(counts.get(pid, 0) > 0 for pid in live_servers(stack))
+
+    wait_for(all_served, 30, "every gateway server to serve requests", interval_s=0)
+    return sent
+
+
+def scrape(api: httpx.Client) -> tuple[dict, list]:
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    types, samples = parse_prometheus(response.text)
+    assert types[DURATION] == "histogram"
+    assert types[RESPONSES] == "counter"
+    return types, samples
+
+
+def value_of(samples: list, metric: str, **labels: str) -> float:
+    values = [
+        v for name, got, v in samples if name == metric and all(got[k] == labels[k] for k in labels)
+    ]
+    assert len(values) == 1, (metric, labels, values)
+    return values[0]
+
+
 def test_metrics_are_prometheus_text_summed_over_gateway_processes(
     api: httpx.Client, stack: Stack
 ) -> None:
-    metric = "featurestore_http_request_duration_ms"
-
-    def scrape() -> list:
-        response = api.get("/metrics")
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-        types, samples = parse_prometheus(response.text)
-        assert types[metric] == "histogram"
-        assert types["featurestore_http_responses_total"] == "counter"
-        return samples
-
-    before = histogram_count(scrape(), metric, endpoint="features_definitions")
+    _, samples = scrape(api)
+    before = histogram_count(samples, DURATION, endpoint="features_definitions")
     # When requests spread over both gateway processes (until each has served some)
-    sent = 0
-
-    def both_served() -> bool:
-        nonlocal sent
-        asyncio.run(fire(stack, "/features/definitions", 40))
-        sent += 40
-        return sum(1 for c in slot_counts(stack, "features_definitions") if c) >= 2
-
-    wait_for(both_served, 30, "both gateway processes to serve requests", interval_s=0)
+    sent = serve_on_every_server(stack, "/features/definitions", "features_definitions")
     error_json(api.post("/features", json={}), 400, "invalid_request")
-    samples = scrape()
-    # Then /metrics counts every one of them, once, in the right status class
-    after = histogram_count(samples, metric, endpoint="features_definitions")
+    error_json(api.get("/no/such/route"), 404, "not_found")
+    error_json(api.get("/features"), 405, "method_not_allowed")
+    types, samples = scrape(api)
+    # Then /metrics counts every one of them, once, by endpoint and status code
+    after = histogram_count(samples, DURATION, endpoint="features_definitions")
     assert after - before == sent
-    assert sum(slot_counts(stack, "features_definitions")) == after
-    responses = {
-        (labels["endpoint"], labels["status"]): value
-        for name, labels, value in samples
-        if name == "featurestore_http_responses_total"
-    }
-    assert responses[("features_definitions", "2xx")] == after
-    assert responses[("features", "4xx")] >= 1
-    # what the receivers dropped is counted per process (SPEC §11)
-    malformed = {
-        labels["process"]
-        for name, labels, _ in samples
-        if name == "featurestore_malformed_messages_total"
-    }
-    assert malformed == {"broker", "workers", "drift"}
-    assert any(name == "featurestore_dropped_replies_total" for name, _, _ in samples)
-    # one histogram per endpoint: cumulative buckets ending at +Inf == _count
-    for endpoint in ENDPOINTS:
+    assert sum(counts_per_server(stack, "features_definitions").values()) == after
+    assert value_of(samples, RESPONSES, endpoint="features_definitions", status="200") == after
+    assert value_of(samples, RESPONSES, endpoint="features", status="400") >= 1
+    # a request that matched no route is counted as such
+    assert value_of(samples, RESPONSES, endpoint="unmatched", status="404") >= 1
+    assert value_of(samples, RESPONSES, endpoint="unmatched", status="405") >= 1
+    # one histogram per endpoint (the app's routes): cumulative buckets ending at +Inf
+    assert {labels["endpoint"] for name, labels, _ in samples if name == f"{DURATION}_count"} == (
+        ENDPOINT_LABELS
+    )
+    for endpoint in ENDPOINT_LABELS:
         buckets = [
             (labels["le"], value)
             for name, labels, value in samples
-            if name == f"{metric}_bucket" and labels["endpoint"] == endpoint
+            if name == f"{DURATION}_bucket" and labels["endpoint"] == endpoint
         ]
         assert [le for le, _ in buckets][-1] == "+Inf"
         counts = [value for _, value in buckets]
         assert counts == sorted(counts)
-        assert counts[-1] == histogram_count(samples, metric, endpoint=endpoint)
+        assert counts[-1] == histogram_count(samples, DURATION, endpoint=endpoint)
+    # the rest of the service, from the broker's answers
+    malformed = {labels["process"] for name, labels, _ in samples if name == MALFORMED}
+    assert malformed == {"broker", "workers", "drift"}
+    assert value_of(samples, "featurestore_broker_up") == 1
+    assert value_of(samples, "featurestore_workers_alive") == 2
+    assert value_of(samples, "featurestore_gateway_servers_alive") == 2
+    assert value_of(samples, "featurestore_drift_enabled") == 0
+    memory = {labels["process"] for name, labels, _ in samples if name == RSS}
+    assert memory == {"gateway", "gateway-0", "gateway-1", "broker", "worker-0", "worker-1"}
     assert {name for name, _, _ in samples} >= {
         "featurestore_cache_hits_total",
+        "featurestore_cache_misses_total",
         "featurestore_computes_total",
-        "featurestore_workers_alive",
+        "featurestore_compute_latency_seconds",
+        "featurestore_cache_memory_bytes",
+        "featurestore_dropped_replies_total",
+        "featurestore_reply_backlog_bytes",
         "featurestore_drift_up",
+        "featurestore_store_up",
     }
+    # Prometheus names: counters end in _total, no unit but the base ones
+    assert all(name.endswith("_total") for name, kind in types.items() if kind == "counter")
+    assert not [name for name in types if re.search(r"_(ms|milliseconds|kb|mb)(_|$)", name)]
+
+
+def test_a_killed_gateway_server_keeps_its_counts(stack: Stack) -> None:
+    # Given requests counted by every gateway server
+    serve_on_every_server(stack, "/features/definitions", "features_definitions")
+    with http_client(stack) as api:
+        before = histogram_count(scrape(api)[1], DURATION, endpoint="features_definitions")
+    victim = live_servers(stack)[0]
+    # When one server is SIGKILLed and the gateway replaces it
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        servers = live_servers(stack)
+        if victim in servers or len(servers) < 2:
+            return False
+        with http_client(stack) as api:
+            return api.get("/health").json()["gateway"] == {"alive": 2, "expected": 2}
+
+    wait_for(replaced, 30, "the killed gateway server to be replaced")
+    # Then its counts are still in the totals, and new requests add to them
+    assert counts_per_server(stack, "features_definitions")[victim] > 0
+    with http_client(stack) as api:
+        samples = scrape(api)[1]
+        assert histogram_count(samples, DURATION, endpoint="features_definitions") == before
+        assert value_of(samples, "featurestore_gateway_servers_alive") == 2
+        asyncio.run(fire(stack, "/features/definitions", 10))
+        samples = scrape(api)[1]
+    assert histogram_count(samples, DURATION, endpoint="features_definitions") == before + 10
 
 
 # ------------------------------------------------------------------------ /openapi.json

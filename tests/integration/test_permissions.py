@@ -28,7 +28,7 @@ from supervised_support import (
 from featurestore.launcher import wait_for
 from featurestore.supervisor import socket_path
 from featurestore.timestamps import now_ms
-from gateway.metrics import board_path
+from gateway.metrics.directory import metrics_dir
 from shm.segment import segment_path
 
 ENTITIES = 12
@@ -110,8 +110,10 @@ def test_serve_with_umask_000_keeps_everything_private(tmp_path: Path) -> None:
             assert_private(running, data_dir)
             sock = Path(socket_path(settings))
             assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0
-            for segment in (segment_path(settings.cache_name), board_path(settings.cache_name)):
-                assert stat.S_IMODE(os.stat(segment).st_mode) == 0o600, segment
+            assert stat.S_IMODE(os.stat(segment_path(settings.cache_name)).st_mode) == 0o600
+            metrics = modes_under(metrics_dir(settings.cache_name))  # the gateway's servers'
+            assert len(metrics) > 1, metrics
+            assert_private(metrics, metrics_dir(settings.cache_name))
 
             # and after a clean stop too
             serve.send_signal(signal.SIGTERM)

@@ -29,7 +29,7 @@ from supervised_support import (
 
 from featurestore.config import Settings
 from featurestore.features.registry import feature_set
-from gateway.metrics import board_path
+from gateway.metrics.directory import metrics_dir
 from shm import segment
 
 READY_TIMEOUT_S = 90.0  # 10,000 demo entities (~2 million events), then five programs
@@ -121,19 +121,19 @@ def test_serve_demo_answers_features_and_sigterm_leaves_nothing_behind(
         assert list(body["features"]) == feature_set("v1").names
         assert body["features"]["value_mean"] is not None
         assert segment.exists(settings.cache_name)
-        assert os.path.exists(board_path(settings.cache_name))
+        assert metrics_dir(settings.cache_name).is_dir()
         started = processes_using(settings.data_dir)
         assert len(started) >= 6, started  # supervisord, broker, drift, 2 workers, gateway
 
         # When it gets SIGTERM
         serve.send_signal(signal.SIGTERM)
 
-        # Then it exits 0 in time, leaving no process, no cache segment, no metrics board
+        # Then it exits 0 in time, leaving no process, no cache segment, no metrics directory
         code = serve.wait(timeout=STOP_TIMEOUT_S)
         errors = stderr_path.read_text(errors="replace")
         assert code == 0, errors
         assert processes_using(settings.data_dir) == []
         assert not segment.exists(settings.cache_name)
-        assert not os.path.exists(board_path(settings.cache_name))
+        assert not metrics_dir(settings.cache_name).exists()
         assert "featurestore stopped" in errors
         reader.join(timeout=10)

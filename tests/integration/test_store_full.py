@@ -118,7 +118,7 @@ def test_a_full_disk_refuses_an_ingest_whole_then_the_worker_recovers(
         assert degraded["status"] == "degraded"
         assert degraded["workers"] == {"alive": 1, "expected": 1}
         assert statuses(api, probe_ids) == ["not_found", "not_found", "ok"]
-        assert "featurestore_store_up 0" in api.get("/metrics").text
+        assert "featurestore_store_up 0.0" in api.get("/metrics").text.splitlines()
     finally:
         # When space is freed
         disk.free()
