@@ -23,7 +23,8 @@ from uuid import uuid4
 
 import numpy as np
 
-from shm import DEFAULT_WIDTH, FeatureCache, drop
+from featurestore.cache import CACHE_VERSIONS, CACHE_WIDTH
+from shm import FeatureCache, drop
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 1000
@@ -77,7 +78,7 @@ def line(label: str, cache: dict, floor_label: str, floor: dict, target: str) ->
 def run(size: int, samples: int) -> dict:
     rng = np.random.default_rng(1)
     name = f"fs_bench_{uuid4().hex[:8]}"
-    cache = FeatureCache.open(name, size, 3_600_000)
+    cache = FeatureCache.open(name, size, 3_600_000, CACHE_WIDTH, CACHE_VERSIONS)
     try:
         return measure(cache, rng, size, samples)
     finally:
@@ -87,7 +88,7 @@ def run(size: int, samples: int) -> dict:
 
 def measure(cache: FeatureCache, rng: np.random.Generator, size: int, samples: int) -> dict:
     ids = [f"user_{i:08d}" for i in range(size)]
-    values = rng.normal(size=(size, DEFAULT_WIDTH))
+    values = rng.normal(size=(size, CACHE_WIDTH))
     as_of = np.arange(size, dtype=np.int64)
     for start in range(0, size, BATCH):
         part = ids[start : start + BATCH]
@@ -169,7 +170,7 @@ def main() -> None:
         ),
         line("cache put_many 1,000", r["put_many_1000"], "dict 1,000 sets", r["dict_set_1000"], ""),
         f"(clock cost {r['clock_cost_ns']} ns subtracted; {args.size:,} vectors of "
-        f"{DEFAULT_WIDTH} float64; {r['stats']['memory_bytes'] / 2**20:.1f} MiB segment)",
+        f"{CACHE_WIDTH} float64; {r['stats']['memory_bytes'] / 2**20:.1f} MiB segment)",
     ]
     print("\n".join(lines))
     r["lines"] = lines

@@ -24,8 +24,8 @@ import orjson
 import pandas as pd
 from common import END_MS, demo_store, report
 
-from featurestore.demo import demo_chunks, entity_name
 from featurestore.features.engine import compute
+from featurestore.offline.demo import demo_chunks, entity_name
 from featurestore.store.sqlite import DB_FILENAME, open_store
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 from common import report
 
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from workers.publisher import VectorPublisher
 
 WIDTH = 24

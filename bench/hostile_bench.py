@@ -25,7 +25,7 @@ import psutil
 import zmq
 from common import demo_store, report
 
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 from featurestore.wire.envelope import request_frames
 from featurestore.wire.frames import Op
 from featurestore.wire.messages import BatchRequest

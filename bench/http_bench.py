@@ -32,10 +32,10 @@ import numpy as np
 import orjson
 from common import alternating, demo_store, report, store_copy
 
-from featurestore import curve
-from featurestore.demo import entity_name
-from featurestore.launcher import Stack, free_port, wait_for
-from featurestore.tokens import Scope, TokenEntry, TokenTable, add_token, digest, new_token
+from featurestore.offline.demo import entity_name
+from featurestore.ops.launcher import Stack, free_port, wait_for
+from featurestore.security import curve
+from featurestore.security.tokens import Scope, TokenEntry, TokenTable, add_token, digest, new_token
 from gateway.auth import authorize
 
 

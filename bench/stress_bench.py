@@ -15,9 +15,9 @@ from pathlib import Path
 
 from common import demo_store, report
 
-from featurestore.demo import ENTITY_LIST
-from featurestore.launcher import Stack
-from featurestore.stress import report_lines, run_stress
+from featurestore.offline.demo import ENTITY_LIST
+from featurestore.ops.launcher import Stack
+from featurestore.ops.stress import report_lines, run_stress
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ import numpy as np
 import zmq
 from common import alternating, demo_store, report, store_copy
 
-from featurestore import curve
-from featurestore.curve import CurveClient, load_client_keys
-from featurestore.demo import entity_name
-from featurestore.launcher import Stack, free_port
+from featurestore.offline.demo import entity_name
+from featurestore.ops.launcher import Stack, free_port
+from featurestore.security import curve
+from featurestore.security.curve import CurveClient, load_client_keys
 from featurestore.wire.client import Client
 from featurestore.wire.frames import Op
 

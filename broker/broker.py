@@ -16,9 +16,10 @@ import zmq
 from broker.clients import FLUSH_INTERVAL_MS, FRONTEND_SNDHWM, ClientBook
 from broker.core import BrokerCore
 from broker.pending import Pending
+from featurestore.cache import open_cache
 from featurestore.config import Settings
-from featurestore.curve import Domain, ZapServer
-from featurestore.runtime import give_back_free_memory
+from featurestore.ops.runtime import give_back_free_memory
+from featurestore.security.curve import Domain, ZapServer
 from featurestore.wire.envelope import error_frames
 from featurestore.wire.frames import (
     EVENTS,
@@ -29,7 +30,6 @@ from featurestore.wire.frames import (
     peek_correlation,
     recv_frames,
 )
-from shm import FeatureCache
 
 log = logging.getLogger("broker")
 FRONTEND_RCVHWM = 100  # requests ZeroMQ queues per client while the loop is busy (backpressure)
@@ -51,7 +51,7 @@ class Broker(BrokerCore):
         self.clients = ClientBook(
             self.frontend, settings.broker_client_max_pending, settings.broker_client_max_bytes
         )
-        super().__init__(settings, FeatureCache.from_settings(settings), self)
+        super().__init__(settings, open_cache(settings), self)
         self.next_heartbeat = time.monotonic() + self.interval_s
         self.trimmed_at = 0  # dropped replies when memory was last given back
         self.stopping = False

@@ -35,8 +35,7 @@ from broker.status import BrokerStatus
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import definitions
-from featurestore.logs import rid
-from featurestore.results import single_answer
+from featurestore.ops.logs import rid
 from featurestore.timestamps import now_ms
 from featurestore.validation.decoding import decoded_payload
 from featurestore.validation.requests import (
@@ -68,6 +67,7 @@ from featurestore.wire.frames import (
     put_array,
 )
 from featurestore.wire.messages import Cleared, ComputeRequest, HistoricalRows
+from featurestore.wire.results import single_answer
 
 log = logging.getLogger("broker")
 RETRY_AFTER_S = 1

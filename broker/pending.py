@@ -16,11 +16,11 @@ import msgspec
 import numpy as np
 
 from featurestore.errors import Code, ServiceError
-from featurestore.results import distinct, matrix_answer, single_answer
 from featurestore.validation.requests import BatchPlan, GetPlan, HistoricalPlan
 from featurestore.wire.envelope import error_frames, raw_reply_frames, reply_frames
 from featurestore.wire.frames import Op, ProtocolError, get_array, put_array
 from featurestore.wire.messages import ComputeAnswer, ComputeRequest, Message, decode_answer
+from featurestore.wire.results import distinct, matrix_answer, single_answer
 
 _job_ids = itertools.count(1)
 

@@ -16,8 +16,8 @@ from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.features.engine import compute
 from featurestore.features.registry import REGISTRY
-from featurestore.files import FileError, file_format, read_chunks
-from featurestore.offline import STATUS_OK, VERSION_METADATA_KEY
+from featurestore.offline.compute import STATUS_OK, VERSION_METADATA_KEY
+from featurestore.offline.files import FileError, file_format, read_chunks
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreError
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import format_iso, now_ms

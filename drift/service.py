@@ -23,10 +23,10 @@ from drift import baselines
 from drift.baseline_requests import BaselineRequests
 from drift.monitor import DriftMonitor
 from featurestore.config import Settings
-from featurestore.curve import Domain, ZapServer
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import REGISTRY
-from featurestore.logs import rid
+from featurestore.ops.logs import rid
+from featurestore.security.curve import Domain, ZapServer
 from featurestore.validation.decoding import decoded_payload
 from featurestore.wire.backend import (
     TOPIC_ALERT,

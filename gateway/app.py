@@ -7,9 +7,9 @@ import logging
 from sanic import HTTPResponse, Request, Sanic
 
 from featurestore.config import Settings
-from featurestore.curve import internal_keys
-from featurestore.logs import setup_logging
-from featurestore.tokens import tokens_from_settings
+from featurestore.ops.logs import setup_logging
+from featurestore.security.curve import internal_keys
+from featurestore.security.tokens import tokens_from_settings
 from gateway.context import Gateway
 from gateway.http import finish, render_error
 from gateway.manager import GRACEFUL_SHUTDOWN_S

@@ -1,4 +1,4 @@
-"""Bearer tokens on the HTTP routes (API_TOKENS_FILE; format in featurestore/tokens.py).
+"""Bearer tokens on the HTTP routes (API_TOKENS_FILE; format in featurestore/security/tokens.py).
 
 Each route needs a scope, fixed when the route is defined: `read` unless its handler is
 marked `@writes` (a write token) or `@open_route` (no token: /health, for load balancers).
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from featurestore.errors import Code, ServiceError
-from featurestore.tokens import Scope, TokenTable
+from featurestore.security.tokens import Scope, TokenTable
 
 REALM = 'Bearer realm="featurestore"'
 _SCOPE_ATTRIBUTE = "required_scope"

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from featurestore.cache import open_cache
 from featurestore.config import Settings
-from featurestore.curve import CurveClient
 from featurestore.features.registry import definitions
+from featurestore.security.curve import CurveClient
 from featurestore.wire.client import AsyncClient, Response
 from featurestore.wire.frames import Op, get_array
 from featurestore.wire.messages import ComputeRequest, decode_answer
@@ -41,7 +42,7 @@ class Gateway:
         await client.start()
         return cls(
             settings=settings,
-            cache=FeatureCache.from_settings(settings),
+            cache=open_cache(settings),
             client=client,
             started=time.monotonic(),
             definitions_json=msgspec.json.encode(definitions(settings.versions)),

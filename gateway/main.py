@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from featurestore.config import Settings
-from featurestore.roles import run_role
+from featurestore.ops.roles import run_role
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ server processes (gateway/server.py) running on it.
 - Servers die with this process (parent-death signal), so a killed gateway leaves no orphan
   holding the port.
 - The servers' metrics live in a multiprocess directory this process empties at start and
-  removes when it stops (gateway/metrics/directory.py); a dead server's live gauge is
+  removes when it stops (featurestore/ops/metrics_dir.py); a dead server's live gauge is
   removed when it is replaced, its counts stay.
 """
 
@@ -25,13 +25,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from featurestore.config import Settings
-from featurestore.curve import check_keys
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_OK, FINAL_EXIT_CODES
-from featurestore.processes import PARENT_PID_VARIABLE
-from featurestore.tokens import tokens_from_settings
-from gateway.metrics import directory
+from featurestore.ops import metrics_dir as directory
+from featurestore.ops.processes import PARENT_PID_VARIABLE
+from featurestore.security.curve import check_keys
+from featurestore.security.tokens import tokens_from_settings
 from gateway.server import INDEX_VARIABLE, SOCKET_FD_VARIABLE
 
 log = logging.getLogger("gateway")
@@ -114,7 +115,7 @@ class GatewayManager:
             code = server.process.poll()
             if code is None:
                 continue
-            directory.forget_process(self.metrics_dir, server.process.pid)
+            forget_process(self.metrics_dir, server.process.pid)
             if code in FINAL_EXIT_CODES:
                 log.error("gateway server %d exited with %d: stopping the gateway", index, code)
                 self.exit_code = code
@@ -153,3 +154,11 @@ class GatewayManager:
         except OSError as exc:  # the next start empties it
             log.warning("could not remove %s: %s", self.metrics_dir, exc)
         log.info("gateway stopped")
+
+
+def forget_process(path: Path, pid: int) -> None:
+    """A server process `pid` died: its live gauges go; its counters and histograms stay in
+    the directory, so the gateway's totals never go down."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(path))

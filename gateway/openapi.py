@@ -19,7 +19,7 @@ import msgspec
 from featurestore.config import Settings
 from featurestore.errors import HTTP_STATUS, Code
 from featurestore.features.registry import REGISTRY
-from featurestore.tokens import Scope
+from featurestore.security.tokens import Scope
 from featurestore.wire import messages as m
 from gateway.auth import required_scope
 

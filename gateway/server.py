@@ -13,7 +13,7 @@ import sys
 
 from featurestore.config import ConfigError, Settings
 from featurestore.exitcodes import EXIT_CONFIG, EXIT_OK
-from featurestore.processes import die_with_parent
+from featurestore.ops.processes import die_with_parent
 
 SOCKET_FD_VARIABLE = "FS_GATEWAY_FD"
 INDEX_VARIABLE = "FS_GATEWAY_INDEX"

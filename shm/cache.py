@@ -18,11 +18,9 @@ from zlib import adler32, crc32
 
 import numpy as np
 
-from featurestore.config import FEATURE_VERSIONS, Settings
-from featurestore.features.registry import REGISTRY
 from shm import counters, records, segment, stats
 from shm.errors import UnknownVersion
-from shm.keys import VERSION_CODES, encode_id, encode_ids, id_hashes, key_matrix, version_code
+from shm.keys import VersionTable, encode_id, encode_ids, id_hashes, key_matrix
 from shm.layout import (
     C_HITS,
     C_INVALIDATIONS,
@@ -44,7 +42,6 @@ from shm.reader import ManyReader
 from shm.views import Views
 from shm.writer import Writer
 
-DEFAULT_WIDTH = max(len(feature_set.features) for feature_set in REGISTRY.values())
 READ_SPINS = 4  # immediate re-reads of a record a writer is inside, then yield the CPU
 READ_GIVE_UP_NS = 2_000_000  # then count a miss (the writer may have died mid-write)
 REATTACH_WAIT_S = 5.0  # for the segment that replaces a retired one to become ready
@@ -60,8 +57,14 @@ class FeatureCache:
     dropped or damaged segment is left for the one now under the same name. One instance
     serves one thread (asyncio tasks of one thread are fine)."""
 
-    def __init__(self, seg: segment.Segment, expected: segment.Expected | None = None) -> None:
+    def __init__(
+        self,
+        seg: segment.Segment,
+        expected: segment.Expected | None = None,
+        versions: tuple[str, ...] | None = None,
+    ) -> None:
         self._expected = expected
+        self._names = versions
         self._bind(seg)
 
     def _bind(self, seg: segment.Segment) -> None:
@@ -79,6 +82,8 @@ class FeatureCache:
         self._chunk = max(1, min(layout.max_size // 2, EVICTION_WINDOW // 4))
         # The read path works on word offsets into one memoryview of the segment.
         self._w = self._views.words
+        self.versions = VersionTable(self._names, self._w)
+        self._codes = self.versions.codes
         self._mm = seg.mm
         self._bucket_w = layout.buckets_offset // 8
         self._n_buckets = layout.n_buckets
@@ -124,31 +129,34 @@ class FeatureCache:
         name: str,
         max_size: int,
         ttl_ms: int,
-        width: int = DEFAULT_WIDTH,
+        width: int,
+        versions: tuple[str, ...],
         *,
         wait_s: float = 5.0,
     ) -> FeatureCache:
-        """Create the segment `name`, or attach to it and check that it has this layout."""
+        """Create the segment `name`, or attach to it and check that it has this layout:
+        vectors `width` wide of `versions` (in this order: a version's code is its place)."""
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms}")
-        expected = segment.Expected.of(Layout.compute(max_size, width), ttl_ms, FEATURE_VERSIONS)
-        return cls._from_segment(segment.open_segment(name, expected, wait_s), expected)
+        expected = segment.Expected.of(Layout.compute(max_size, width), ttl_ms, versions)
+        seg = segment.open_segment(name, expected, wait_s)
+        return cls._from_segment(seg, expected, versions)
 
     @classmethod
     def attach(cls, name: str, *, wait_s: float = 5.0) -> FeatureCache:
-        """Attach to an existing segment, whatever its size (for tools: stats, clear)."""
+        """Attach to an existing segment, whatever its size and versions (for tools: stats,
+        clear, invalidate; reads and writes by version name need `open`)."""
         return cls._from_segment(segment.open_segment(name, None, wait_s))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FeatureCache:
-        return cls.open(settings.cache_name, settings.cache_max_size, settings.cache_ttl_ms)
-
-    @classmethod
     def _from_segment(
-        cls, seg: segment.Segment, expected: segment.Expected | None = None
+        cls,
+        seg: segment.Segment,
+        expected: segment.Expected | None = None,
+        versions: tuple[str, ...] | None = None,
     ) -> FeatureCache:
         try:
-            return cls(seg, expected)
+            return cls(seg, expected, versions)
         except BaseException:
             seg.close()
             raise
@@ -183,7 +191,7 @@ class FeatureCache:
         if self._w[H_RETIRED]:
             self._reattach()
         try:
-            code, salt = VERSION_CODES[version]
+            code, salt = self._codes[version]
         except KeyError:
             raise UnknownVersion(f"unknown feature version {version!r}") from None
         key = entity_id.encode()
@@ -269,7 +277,7 @@ class FeatureCache:
         """(values m x width float64, NaN where missed; as_of_ms int64, -1 where missed;
         hit bool). Duplicates allowed; each lookup counts a hit or a miss."""
         self._current()
-        code, salt = version_code(version)
+        code, salt = self.versions.code(version)
         keys = encode_ids(entity_ids)
         hashes = id_hashes(keys)
         values, as_of, hit, retry = self._many.lookup(code, salt, keys, hashes, time.time_ns())
@@ -301,7 +309,7 @@ class FeatureCache:
     ) -> bool:
         """Store the vector unless the entity was invalidated since `generation` was read."""
         self._current()
-        code, salt = version_code(version)
+        code, salt = self.versions.code(version)
         key = encode_id(entity_id)
         values = self._full_rows(np.asarray(vector, dtype=_F64).reshape(1, -1))[0]
         h = crc32(key)
@@ -329,7 +337,7 @@ class FeatureCache:
         """Store many vectors, each unless its entity was invalidated since its generation
         was read; returns which were stored. A later row of the same key overwrites."""
         self._current()
-        code, salt = version_code(version)
+        code, salt = self.versions.code(version)
         keys = encode_ids(entity_ids)
         m = len(keys)
         if m == 0:
@@ -388,7 +396,7 @@ class FeatureCache:
             now_ms = time.time_ns() // 1_000_000
             found = [
                 wr.find_many(keymat, hashes ^ np.uint64(salt), code, lengths)
-                for code, salt in VERSION_CODES.values()
+                for code, salt in self.versions.pairs
             ]
             slots = np.unique(np.concatenate(found))
             slots = slots[slots >= 0]

@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 
-from featurestore.processes import process_start_ticks
 from shm.errors import CacheError
 from shm.layout import C_PID, C_START, COUNTERS
+from shm.procfs import process_start_ticks
 
 FIRST_COUNTER = 2
 

@@ -1,7 +1,8 @@
 """Cache keys: (version, entity_id) -> UTF-8 bytes, version code and 32-bit hashes.
 
 The hashes must agree across independently started processes, so Python's randomised
-`hash()` is out; crc32 is one C call. The index tag is crc32(id) ^ salt(version); the
+`hash()` is out; crc32 is one C call. The index tag is crc32(id) ^ salt(version) (the
+salts are in the segment's header, `VersionTable`); the
 generation table is indexed by crc32(id) alone, so every version of an entity shares it.
 Hashes only pick buckets: a key is always confirmed byte for byte (so "abc" and "abc\\0"
 are different keys).
@@ -13,25 +14,34 @@ from zlib import crc32
 
 import numpy as np
 
-from featurestore.config import FEATURE_VERSIONS
 from shm.errors import UnknownVersion
-from shm.layout import KEY_MAX_BYTES
-
-# version -> (code stored in records, salt of its index tags); codes are 1-based positions.
-VERSION_CODES: dict[str, tuple[int, int]] = {
-    v: (i + 1, crc32(f"feature-version:{v}".encode())) for i, v in enumerate(FEATURE_VERSIONS)
-}
-SALT_BY_CODE: dict[int, int] = dict(VERSION_CODES.values())
+from shm.layout import H_SALTS, H_VERSION_COUNT, KEY_MAX_BYTES, MAX_VERSIONS
 
 
-def version_code(version: str) -> tuple[int, int]:
-    """(code, salt) of a feature version."""
-    try:
-        return VERSION_CODES[version]
-    except KeyError:
-        raise UnknownVersion(
-            f"unknown feature version {version!r}; known: {', '.join(VERSION_CODES)}"
-        ) from None
+class VersionTable:
+    """The versions of a segment: code (1-based position, stored in records) and salt of
+    each. Built from the names the opener serves, or, for tools that attach without them,
+    from the header's table alone (codes and salts, no names)."""
+
+    def __init__(self, names: tuple[str, ...] | None, words: memoryview) -> None:
+        count = words[H_VERSION_COUNT]
+        self.salts = np.zeros(MAX_VERSIONS + 1, dtype=np.uint64)  # by code; 0 = no version
+        self.salts[1 : count + 1] = words[H_SALTS + 1 : H_SALTS + 1 + count]
+        self.known = np.zeros(MAX_VERSIONS + 1, dtype=bool)
+        self.known[1 : count + 1] = True
+        self.pairs = [(code, int(self.salts[code])) for code in range(1, count + 1)]
+        self.codes: dict[str, tuple[int, int]] = (
+            {} if names is None else {v: self.pairs[i] for i, v in enumerate(names)}
+        )
+
+    def code(self, version: str) -> tuple[int, int]:
+        """(code, salt) of a feature version."""
+        try:
+            return self.codes[version]
+        except KeyError:
+            raise UnknownVersion(
+                f"unknown feature version {version!r}; known: {', '.join(self.codes)}"
+            ) from None
 
 
 def encode_id(entity_id: str) -> bytes:

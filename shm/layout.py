@@ -6,7 +6,10 @@ All integers little-endian; every section starts on a 4 KiB boundary; sizes are 
 creation from (max_size N, width W) and nothing ever grows.
 
     header      512 u64 words (`H_*` below). The creator writes every field, then
-                H_MAGIC, and H_READY = LAYOUT_VERSION last: the ready marker.
+                H_MAGIC, and H_READY = LAYOUT_VERSION last: the ready marker. Words
+                H_SALTS + code (code 1..H_VERSION_COUNT) hold the version table: the salt
+                of each version code's index tags (so any process, tools included, can
+                recover and invalidate without knowing the versions' names).
     counters    COUNTER_SLOTS x 16 u64: [owner pid, owner start ticks, COUNTERS...].
                 Each attached FeatureCache owns one slot and is its only writer, so no
                 increment is ever lost; a reader sums all slots. A slot whose owner is dead
@@ -85,7 +88,7 @@ from zlib import crc32
 
 import numpy as np
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: the version table in the header
 MAGIC = int.from_bytes(b"FSTCACHE", "little")
 PAGE_BYTES = 4096
 KEY_MAX_BYTES = 256
@@ -127,7 +130,10 @@ H_HAND = 21  # start of the next eviction window
 H_WRITER = 22  # pid of the writer inside its critical section, 0 outside
 H_RECOVERIES = 23  # times a writer repaired a dead writer's half-done work
 H_RETIRED = 24  # 1 once the segment is dropped or found damaged: everybody re-attaches by name
+H_VERSION_COUNT = 25  # versions in the version table
+H_SALTS = 256  # word H_SALTS + code: the salt of version `code` (codes are 1-based)
 HEADER_WORDS = 512
+MAX_VERSIONS = HEADER_WORDS - H_SALTS - 1  # 255: a record's version code is one byte
 
 # Record offsets (bytes from the record start) and the covered-part formats.
 R_SEQ = 0
@@ -166,6 +172,11 @@ def covered_dtype(width: int) -> np.dtype:
 def versions_crc(versions: tuple[str, ...]) -> int:
     """Fingerprint of the version table: version codes are positions in it."""
     return crc32(",".join(versions).encode())
+
+
+def version_salt(version: str) -> int:
+    """The salt of a version's index tags (crc32: the same in every process)."""
+    return crc32(f"feature-version:{version}".encode())
 
 
 def _round_up(n: int, to: int) -> int:
@@ -238,7 +249,11 @@ class Layout:
 
     def header_fields(self, ttl_ms: int, versions: tuple[str, ...]) -> dict[int, int]:
         """The constant header words a creator writes and an attacher checks."""
+        if not 1 <= len(versions) <= MAX_VERSIONS or len(set(versions)) != len(versions):
+            raise ValueError(f"versions must be 1 to {MAX_VERSIONS} distinct names")
+        salts = {H_SALTS + code: version_salt(v) for code, v in enumerate(versions, 1)}
         return {
+            H_VERSION_COUNT: len(versions),
             H_WIDTH: self.width,
             H_MAX_SIZE: self.max_size,
             H_TTL_MS: ttl_ms,
@@ -247,6 +262,7 @@ class Layout:
             H_GENERATIONS: self.n_generations,
             H_RECORD_BYTES: self.record_bytes,
             H_VERSIONS_CRC: versions_crc(versions),
+            **salts,
         }
 
 

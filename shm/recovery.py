@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from shm import records
-from shm.keys import SALT_BY_CODE
+from shm.keys import VersionTable
 from shm.layout import (
     FREED_KEY_LEN,
     H_FREE_TOP,
@@ -22,15 +22,10 @@ from shm.layout import (
 )
 from shm.writer import Writer
 
-_SALTS = np.zeros(256, dtype=np.uint64)
-for _code, _salt in SALT_BY_CODE.items():
-    _SALTS[_code] = _salt
-_KNOWN_CODES = np.zeros(256, dtype=bool)
-_KNOWN_CODES[list(SALT_BY_CODE)] = True
-
 
 def recover(wr: Writer) -> None:
     v, w = wr.v, wr.w
+    table = VersionTable(None, w)  # codes and salts from the header
     high = w[H_HIGH_WATER]
     torn = np.flatnonzero(v.seq[:high] & np.uint64(1))
     v.covered["key_len"][torn] = FREED_KEY_LEN
@@ -38,9 +33,9 @@ def recover(wr: Writer) -> None:
 
     raw = v.covered_raw[:high].copy()
     rows = records.as_records(raw, v.covered.dtype)
-    keep = records.intact(raw) & (rows["key_len"] <= KEY_MAX_BYTES) & _KNOWN_CODES[rows["version"]]
+    keep = records.intact(raw) & (rows["key_len"] <= KEY_MAX_BYTES) & table.known[rows["version"]]
     tags = rows["tag"].astype(np.uint64)
-    gen_index = ((tags ^ _SALTS[rows["version"]]) & np.uint64(wr.gen_mask)).astype(np.int64)
+    gen_index = ((tags ^ table.salts[rows["version"]]) & np.uint64(wr.gen_mask)).astype(np.int64)
     keep &= rows["entry_gen"] == wr.current_generations(gen_index)
 
     slots = np.arange(high, dtype=np.int64)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featurestore.config import FEATURE_VERSIONS
 from shm.errors import CacheError, CacheLayoutError, CacheTimeout
 from shm.layout import (
     H_CREATED_MS,
@@ -48,7 +47,7 @@ _FIELD_NAMES = {
     H_WIDTH: "width (the longest feature vector of the registry)",
     H_MAX_SIZE: "max_size (CACHE_MAX_SIZE)",
     H_TTL_MS: "ttl_ms (CACHE_TTL_MS)",
-    H_VERSIONS_CRC: "a fingerprint of the feature versions (FEATURE_VERSIONS)",
+    H_VERSIONS_CRC: "a fingerprint of the served feature versions",
 }
 
 
@@ -133,9 +132,10 @@ class Expected:
         return cls(layout, ttl_ms, layout.header_fields(ttl_ms, versions))
 
     @classmethod
-    def from_header(cls, header: list[int], versions: tuple[str, ...]) -> Expected:
+    def from_header(cls, header: list[int]) -> Expected:
+        """What a segment says it is (for tools that attach whatever it is)."""
         layout = Layout.compute(header[H_MAX_SIZE], header[H_WIDTH])
-        return cls.of(layout, header[H_TTL_MS], versions)
+        return cls(layout, header[H_TTL_MS], {})
 
 
 class _Damaged(CacheError):
@@ -259,7 +259,7 @@ def _validate(name: str, fd: int, header: list[int], expected: Expected | None) 
             f"this code uses layout {LAYOUT_VERSION}. Stop every process using it and drop it."
         )
     if expected is None:
-        expected = Expected.from_header(header, FEATURE_VERSIONS)
+        expected = Expected.from_header(header)
     for word, value in expected.fields.items():
         if header[word] != value:
             what = _FIELD_NAMES.get(word, f"header word {word}")

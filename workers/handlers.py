@@ -22,8 +22,7 @@ import numpy as np
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.features.engine import FeatureMatrix, compute
-from featurestore.logs import rid
-from featurestore.results import distinct
+from featurestore.ops.logs import rid
 from featurestore.store.base import STORE_OK, EventStore
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreUnavailable
 from featurestore.validation.decoding import decoded_payload
@@ -43,6 +42,7 @@ from featurestore.wire.messages import (
     IngestRequest,
     Message,
 )
+from featurestore.wire.results import distinct
 from workers.publisher import VectorPublisher
 from workers.upkeep import StoreUpkeep
 

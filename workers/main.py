@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from featurestore.config import Settings
-from featurestore.roles import run_role
-from featurestore.runtime import keep_large_arrays_in_heap
+from featurestore.ops.roles import run_role
+from featurestore.ops.runtime import keep_large_arrays_in_heap
 
 
 def main(argv: list[str] | None = None) -> int:

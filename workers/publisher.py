@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 import zmq
 
-from featurestore.curve import CurveClient, secure_client
+from featurestore.security.curve import CurveClient, secure_client
 from featurestore.wire.backend import vectors_frames
 
 PUBLISH_HWM = 1000

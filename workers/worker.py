@@ -20,16 +20,16 @@ import threading
 
 import zmq
 
+from featurestore.cache import open_cache
 from featurestore.config import Settings
-from featurestore.curve import CurveClient
 from featurestore.errors import Code, ServiceError
-from featurestore.logs import rid
+from featurestore.ops.logs import rid
+from featurestore.security.curve import CurveClient
 from featurestore.store.errors import StoreCorrupt
 from featurestore.store.sqlite import open_store
 from featurestore.wire.backend import decode_job, error_result_frames
 from featurestore.wire.frames import POLLIN, SERVICE_FEATURES, W_JOB, ProtocolError, copy_small
 from featurestore.wire.link import BrokerLink
-from shm import FeatureCache
 from workers.handlers import Figures, Handlers
 from workers.publisher import CONNECT_WAIT_S, VectorPublisher
 from workers.upkeep import StoreUpkeep
@@ -71,7 +71,7 @@ class ComputeThread(threading.Thread):
                 self.settings.data_dir,
                 request_id_retention_ms=self.settings.request_id_retention_ms,
             )
-            cache = FeatureCache.from_settings(self.settings)
+            cache = open_cache(self.settings)
             publisher = VectorPublisher(
                 self.context,
                 self.settings.drift_features_endpoint,

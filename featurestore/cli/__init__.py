@@ -15,7 +15,7 @@ from featurestore.cli.common import CommandError, load_settings
 from featurestore.config import ConfigError
 from featurestore.errors import ServiceError
 from featurestore.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IOERR, EXIT_USAGE
-from featurestore.permissions import restrict_new_files
+from featurestore.ops.permissions import restrict_new_files
 from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 
 COMMANDS = (demo, ingest, generate, entity, serve, cache, keys, bench)

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def entity_ids(settings: Settings) -> list[str]:
     import pandas as pd
 
-    from featurestore.demo import ENTITY_LIST
+    from featurestore.offline.demo import ENTITY_LIST
 
     listing = Path(settings.data_dir) / ENTITY_LIST
     if not listing.exists():
@@ -47,7 +47,7 @@ def entity_ids(settings: Settings) -> list[str]:
 def run_stress_command(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from featurestore.stress import report_lines, run_stress
+    from featurestore.ops.stress import report_lines, run_stress
 
     url = urlparse(args.url or f"http://{settings.host}:{settings.port}")
     host = url.hostname or "127.0.0.1"

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from featurestore.demo import ENTITY_LIST, MEAN_EVENTS, default_end_ms, write_demo
+    from featurestore.offline.demo import ENTITY_LIST, MEAN_EVENTS, default_end_ms, write_demo
     from featurestore.timestamps import TimestampError, format_iso, now_ms, parse_timestamp
 
     if args.entities < 1:

@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from featurestore.files import FileError, count_rows, output_format
-    from featurestore.offline import generate_file, select_features
+    from featurestore.offline.compute import generate_file, select_features
+    from featurestore.offline.files import FileError, count_rows, output_format
 
     version = args.version or settings.feature_version
     if version not in settings.versions:

@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from featurestore.files import FileError, count_rows
-    from featurestore.ingest_file import ingest_file
+    from featurestore.offline.files import FileError, count_rows
+    from featurestore.offline.ingest_file import ingest_file
 
     started = time.perf_counter()
     store = open_event_store(settings)

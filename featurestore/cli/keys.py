@@ -4,7 +4,8 @@
     featurestore keys generate --client NAME [--dir DIR]  # one more authorised client
     featurestore keys token --scope read|write --name NAME [--file FILE]
 
-`generate` writes into DIR (default $ZMQ_CURVE_KEYS_DIR) the layout of featurestore/curve.py:
+`generate` writes into DIR (default $ZMQ_CURVE_KEYS_DIR) the layout of
+featurestore/security/curve.py:
 directories 0700, secret files 0600; existing keys are kept unless --force. `token` prints a
 new random token once on stdout and appends only its SHA-256 to FILE (default
 $API_TOKENS_FILE).
@@ -19,7 +20,7 @@ from pathlib import Path
 from featurestore.cli.common import CommandError
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_CONFIG
-from featurestore.tokens import Scope, TokenFileError, add_token
+from featurestore.security.tokens import Scope, TokenFileError, add_token
 
 PLACEMENT = """\
 Where the files go (copy them keeping the layout, e.g. with rsync -a):
@@ -54,7 +55,7 @@ def _target(given: str | None, setting: str, variable: str, option: str) -> Path
 
 
 def run_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from featurestore import curve  # ZeroMQ: only for this action
+    from featurestore.security import curve  # ZeroMQ: only for this action
 
     directory = _target(args.dir, settings.zmq_curve_keys_dir, "ZMQ_CURVE_KEYS_DIR", "--dir")
     try:

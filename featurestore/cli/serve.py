@@ -23,10 +23,10 @@ from featurestore.cli.common import CommandError, common_options, progress_bar
 from featurestore.config import Settings
 from featurestore.errors import ServiceError
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_UNAVAILABLE
-from featurestore.processes import terminate
-from featurestore.stacklock import StackBusy, StackLock
-from featurestore.supervisor import given_up, program_pids, start_supervisord
-from featurestore.tokens import tokens_from_settings
+from featurestore.ops.processes import terminate
+from featurestore.ops.stacklock import StackBusy, StackLock
+from featurestore.ops.supervisor import given_up, program_pids, start_supervisord
+from featurestore.security.tokens import tokens_from_settings
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
@@ -59,7 +59,7 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _fill_demo(settings: Settings) -> None:
-    from featurestore.demo import MEAN_EVENTS, default_end_ms, write_demo
+    from featurestore.offline.demo import MEAN_EVENTS, default_end_ms, write_demo
     from featurestore.store.sqlite import open_store
     from featurestore.timestamps import now_ms
 
@@ -115,7 +115,7 @@ def _check_supervisord(settings: Settings, supervisord: subprocess.Popen) -> Non
 
 
 def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
-    from featurestore.curve import internal_keys
+    from featurestore.security.curve import internal_keys
     from featurestore.wire.client import Client
 
     _check_supervisord(settings, supervisord)
@@ -130,7 +130,7 @@ def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from featurestore.curve import check_keys
+    from featurestore.security.curve import check_keys
     from featurestore.store.sqlite import open_store
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings, lock: StackLock) -> int:
-    from featurestore.launcher import wait_for
+    from featurestore.ops.launcher import wait_for
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,7 +180,7 @@ def _serve(settings: Settings, lock: StackLock) -> int:
 
 
 def _shutdown(settings: Settings, supervisord: subprocess.Popen) -> None:
-    from gateway.metrics import drop as drop_metrics
+    from featurestore.ops.metrics_dir import drop as drop_metrics
     from shm import drop
 
     if supervisord.poll() is None:

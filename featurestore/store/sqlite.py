@@ -33,7 +33,7 @@ import orjson
 import pandas as pd
 
 from featurestore.config import VARIABLES
-from featurestore.permissions import create_private_file, private_dir
+from featurestore.ops.permissions import create_private_file, private_dir
 from featurestore.store import requests
 from featurestore.store.base import IngestResult
 from featurestore.store.batch import EVENT_DTYPE, NO_CATEGORY, EventBatch

@@ -6,7 +6,7 @@
 
 With CURVE on the server (ZMQ_CURVE_KEYS_DIR), pass the client's keys explicitly:
 
-    from featurestore.curve import load_client_keys
+    from featurestore.security.curve import load_client_keys
     Client("tcp://10.0.0.5:5555", curve=load_client_keys("/etc/featurestore/keys", "model-a"))
 
 - `ClientCore` does everything but I/O: it numbers calls with a private correlation id,
@@ -37,8 +37,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from featurestore.curve import CurveClient, secure_client
 from featurestore.errors import Code, ServiceError
+from featurestore.security.curve import CurveClient, secure_client
 from featurestore.wire.envelope import Reply, decode_reply, new_request_id, request_frames
 from featurestore.wire.frames import EVENTS, POLLIN, Op, ProtocolError, copy_small
 from featurestore.wire.messages import (
@@ -193,8 +193,8 @@ def _matrix(
     op: Op, ids: list[str], as_frame: bool, arrays: bool, stamps: list | None = None
 ) -> Callable[[Response], Any]:
     def interpret(response: Response) -> Any:
-        from featurestore.results import FeatureBatch
         from featurestore.timestamps import parse_timestamp
+        from featurestore.wire.results import FeatureBatch
 
         response.raise_for_error()
         answer = decode_answer(op, response.raw)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import zmq
 
 from featurestore.config import Settings
-from featurestore.curve import internal_keys, secure_client
+from featurestore.security.curve import internal_keys, secure_client
 from featurestore.wire.backend import (
     Heartbeat,
     Job,

@@ -2,7 +2,7 @@
 endpoint, and whether it is serving.
 
 The values are prometheus_client metrics in multiprocess mode: each process writes its own
-files in the gateway's multiprocess directory (gateway/metrics/directory.py) and `/metrics`
+files in the gateway's multiprocess directory (featurestore/ops/metrics_dir.py) and `/metrics`
 sums them (gateway/metrics/exposition.py), so no increment is lost across servers and a dead
 server's counts stay.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from prometheus_client import Gauge, Histogram
 from sanic import Sanic
 
-from gateway.metrics.directory import MULTIPROC_DIR_VARIABLE
+from featurestore.ops.metrics_dir import MULTIPROC_DIR_VARIABLE
 
 REQUEST_DURATION = "featurestore_http_request_duration_seconds"
 REQUEST_DURATION_HELP = "Time from a request's arrival at its route to its response."

@@ -12,7 +12,6 @@ import numpy as np
 from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.errors import Code, ServiceError
-from featurestore.results import FeatureBatch, distinct, single_answer
 from featurestore.timestamps import now_ms
 from featurestore.validation.decoding import decoded_http
 from featurestore.validation.requests import check_batch, check_get, check_historical
@@ -24,6 +23,7 @@ from featurestore.wire.messages import (
     HistoricalRows,
     decode_answer,
 )
+from featurestore.wire.results import FeatureBatch, distinct, single_answer
 from gateway.http import JSON, elapsed_ms, instrumented, json_response, raw_response
 
 features = Blueprint("features")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from integration_support import copy_store, make_demo_store, running_stack
 
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 from featurestore.wire.client import Client
 
 

@@ -21,8 +21,8 @@ import numpy as np
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from featurestore.features.registry import feature_set
-from featurestore.launcher import Stack, wait_for
-from gateway.metrics.directory import metrics_dir
+from featurestore.ops.launcher import Stack, wait_for
+from featurestore.ops.metrics_dir import metrics_dir
 from gateway.metrics.recorder import REQUEST_DURATION
 
 HTTP_TIMEOUT_S = 15.0

@@ -19,17 +19,17 @@ import numpy as np
 import pandas as pd
 import zmq
 
-from featurestore.demo import ENTITY_LIST, write_demo
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
-from featurestore.launcher import Stack, wait_for
-from featurestore.results import FeatureBatch
+from featurestore.offline.demo import ENTITY_LIST, write_demo
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.store.sqlite import DB_FILENAME, open_store
 from featurestore.timestamps import parse_timestamp
 from featurestore.wire.client import Response
 from featurestore.wire.envelope import decode_reply
 from featurestore.wire.frames import PROTOCOL_VERSION, Op
 from featurestore.wire.messages import decode_answer
+from featurestore.wire.results import FeatureBatch
 
 DEMO_ENTITIES = 300
 DEMO_SEED = 3

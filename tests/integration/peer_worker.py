@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import zmq
 
+from featurestore.cache import open_cache
 from featurestore.config import Settings
 from featurestore.store.sqlite import open_store
 from featurestore.wire.backend import OK, Heartbeat, decode_job, heartbeat_frames, ready_frames
@@ -63,14 +64,13 @@ def run_poison(settings: Settings, peer_id: str) -> None:
 
 
 def run_commit_then_die(settings: Settings, peer_id: str) -> None:
-    from shm import FeatureCache
     from workers.handlers import Handlers
     from workers.publisher import VectorPublisher
 
     handlers = Handlers(
         settings,
         open_store(settings.data_dir),
-        FeatureCache.from_settings(settings),
+        open_cache(settings),
         VectorPublisher(zmq.Context(), settings.drift_features_endpoint, peer_id, False),
     )
 

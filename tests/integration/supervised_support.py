@@ -25,11 +25,11 @@ import orjson
 import pandas as pd
 
 from featurestore.config import Settings
-from featurestore.demo import ENTITY_LIST
 from featurestore.errors import ServiceError
-from featurestore.launcher import free_port, wait_for
-from featurestore.processes import PARENT_PID_VARIABLE
-from featurestore.supervisor import CONFIG, control, socket_path, start_supervisord
+from featurestore.offline.demo import ENTITY_LIST
+from featurestore.ops.launcher import free_port, wait_for
+from featurestore.ops.processes import PARENT_PID_VARIABLE
+from featurestore.ops.supervisor import CONFIG, control, socket_path, start_supervisord
 from featurestore.wire.client import Client
 from shm import segment
 
@@ -75,7 +75,7 @@ def private_settings(data_dir: Path, **extra: str) -> Iterator[Settings]:
         yield settings
     finally:
         kill_leftovers(settings.data_dir)
-        from gateway.metrics import drop as drop_metrics
+        from featurestore.ops.metrics_dir import drop as drop_metrics
 
         segment.drop(settings.cache_name)
         drop_metrics(settings.cache_name)

@@ -25,7 +25,7 @@ from supervised_support import (
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.exitcodes import EXIT_DATA
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.store.sqlite import DB_FILENAME, PAGE_SIZE
 from featurestore.timestamps import now_ms
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from featurestore.config import VARIABLES
 from featurestore.exitcodes import EXIT_CONFIG
-from featurestore.launcher import free_port
+from featurestore.ops.launcher import free_port
 
 START_TIMEOUT_S = 60
 

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 from featurestore.timestamps import now_ms
 from featurestore.wire.client import Client
 

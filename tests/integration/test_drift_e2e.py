@@ -36,7 +36,7 @@ from scipy.stats import ks_2samp
 from featurestore.cli import main as featurestore_cli
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import CATEGORICAL, REGISTRY
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.timestamps import now_ms
 from featurestore.wire.client import Client
 

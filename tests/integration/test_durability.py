@@ -13,7 +13,7 @@ import pytest
 from supervised_support import demo_ids, private_settings, supervised, write_demo_store
 
 from featurestore.config import Settings
-from featurestore.launcher import wait_for
+from featurestore.ops.launcher import wait_for
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import now_ms
 from featurestore.wire.client import Client

@@ -29,7 +29,7 @@ from integration_support import (
 from peer_worker import EXIT_POISONED
 
 from featurestore.errors import Code, ServiceError
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.wire.client import AsyncClient
 from featurestore.wire.client import Response as Reply
 from featurestore.wire.frames import Op

@@ -25,7 +25,7 @@ from integration_support import (
 
 from featurestore.errors import Code
 from featurestore.features.registry import REGISTRY
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.wire.backend import TOPIC_VECTORS
 from featurestore.wire.client import Client
 from featurestore.wire.envelope import request_frames

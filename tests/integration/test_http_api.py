@@ -45,7 +45,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from featurestore.errors import HTTP_STATUS, Code
 from featurestore.features.registry import definitions, feature_set
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.timestamps import now_ms
 
 V1 = feature_set("v1").names

@@ -29,7 +29,7 @@ from http_support import (
 from integration_support import DEMO_END_MS, entity, expected_matrix, identical
 
 from featurestore.features.registry import feature_set
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 from featurestore.timestamps import now_ms
 from featurestore.wire.client import AsyncClient
 

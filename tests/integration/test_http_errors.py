@@ -30,7 +30,7 @@ from http_support import (
 from integration_support import DAY_MS, DEMO_END_MS, copy_store, entity
 
 from featurestore.features.registry import feature_set
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.timestamps import now_ms
 
 LIMITS = {"BATCH_MAX_ENTITIES": 50, "HISTORICAL_MAX_ROWS": 40, "EVENTS_MAX_PER_REQUEST": 30}

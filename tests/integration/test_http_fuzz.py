@@ -26,7 +26,7 @@ from http_support import HTTP_TIMEOUT_S, REQUEST_ID, error_json, gateway_stack, 
 from hypothesis import HealthCheck, settings
 from integration_support import DAY_MS, DEMO_END_MS, DEMO_ENTITIES, entity
 
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 
 MAX_EXAMPLES = 30
 SPAN_MS = 100 * DAY_MS

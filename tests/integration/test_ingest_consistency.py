@@ -25,7 +25,7 @@ from integration_support import (
 )
 from peer_worker import EXIT_AFTER_COMMIT
 
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.store.sqlite import open_store
 from featurestore.timestamps import now_ms
 from featurestore.wire.client import Client

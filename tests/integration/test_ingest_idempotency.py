@@ -16,7 +16,7 @@ import pytest
 from http_support import HTTP_TIMEOUT_S, REQUEST_ID, gateway_stack
 
 from featurestore.errors import Code, ServiceError
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.store.sqlite import DB_FILENAME, open_store
 from featurestore.timestamps import format_iso, now_ms
 

@@ -35,11 +35,11 @@ from supervised_support import (
 
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_UNAVAILABLE
-from featurestore.launcher import wait_for
-from featurestore.processes import process_start_ticks
-from featurestore.stacklock import StackRecord, lock_path
+from featurestore.ops.launcher import wait_for
+from featurestore.ops.stacklock import StackRecord, lock_path
 from featurestore.timestamps import now_ms
 from shm import segment
+from shm.procfs import process_start_ticks
 
 RECOVERY_TIMEOUT_S = 60.0
 GATEWAY_WORKERS = 2
@@ -180,7 +180,7 @@ def test_cache_drop_on_a_running_stack_leaves_no_stale_hit(
 def test_a_second_stack_on_the_same_data_dir_is_refused(
     served: Served, settings: Settings, tmp_path: Path
 ) -> None:
-    from featurestore.launcher import free_port
+    from featurestore.ops.launcher import free_port
 
     other = Settings.from_env(
         {**settings.as_env(), "PORT": str(free_port()), "BROKER_FRONTEND": "tcp://127.0.0.1:1"}

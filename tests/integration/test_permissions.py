@@ -25,10 +25,10 @@ from supervised_support import (
     zmq_health,
 )
 
-from featurestore.launcher import wait_for
-from featurestore.supervisor import socket_path
+from featurestore.ops.launcher import wait_for
+from featurestore.ops.metrics_dir import metrics_dir
+from featurestore.ops.supervisor import socket_path
 from featurestore.timestamps import now_ms
-from gateway.metrics.directory import metrics_dir
 from shm.segment import segment_path
 
 ENTITIES = 12

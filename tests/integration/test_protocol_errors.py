@@ -21,7 +21,7 @@ from integration_support import (
 
 from featurestore.errors import Code
 from featurestore.features.registry import feature_set
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 from featurestore.timestamps import now_ms
 from featurestore.wire.backend import ready_frames
 from featurestore.wire.client import Client

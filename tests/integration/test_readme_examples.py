@@ -24,8 +24,8 @@ from http_support import gateway_stack
 
 from featurestore.cli.serve import DEMO_ENTITIES, DEMO_SEED
 from featurestore.config import VARIABLES
-from featurestore.demo import DAY_MS, ENTITY_LIST, default_end_ms, demo_chunks
-from featurestore.launcher import Stack
+from featurestore.offline.demo import DAY_MS, ENTITY_LIST, default_end_ms, demo_chunks
+from featurestore.ops.launcher import Stack
 from featurestore.timestamps import now_ms
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 
 REQUEST_ID = "trace-me-4242"
 

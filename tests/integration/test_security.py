@@ -28,14 +28,14 @@ from http_support import error_json, gateway_stack, http_client, ok_json
 from integration_support import entity
 from zmq.utils.monitor import recv_monitor_message
 
-from featurestore import curve
 from featurestore.cli import main as featurestore_cli
-from featurestore.curve import CurveClient, internal_keys, load_client_keys
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import feature_set
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
+from featurestore.security import curve
+from featurestore.security.curve import CurveClient, internal_keys, load_client_keys
+from featurestore.security.tokens import Scope, add_token
 from featurestore.timestamps import now_ms
-from featurestore.tokens import Scope, add_token
 from featurestore.wire.backend import ready_frames
 from featurestore.wire.client import Client
 from featurestore.wire.frames import SERVICE_FEATURES

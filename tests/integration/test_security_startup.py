@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from featurestore import curve
 from featurestore.config import VARIABLES
 from featurestore.exitcodes import EXIT_CONFIG
-from featurestore.launcher import free_port
+from featurestore.ops.launcher import free_port
+from featurestore.security import curve
 
 START_TIMEOUT_S = 60
 

@@ -29,7 +29,7 @@ from supervised_support import (
 
 from featurestore.config import Settings
 from featurestore.features.registry import feature_set
-from gateway.metrics.directory import metrics_dir
+from featurestore.ops.metrics_dir import metrics_dir
 from shm import segment
 
 READY_TIMEOUT_S = 90.0  # 10,000 demo entities (~2 million events), then five programs

@@ -18,11 +18,12 @@ from uuid import uuid4
 import numpy as np
 import pytest
 
-from shm import DEFAULT_WIDTH, FeatureCache, drop
+from featurestore.cache import CACHE_VERSIONS, CACHE_WIDTH
+from shm import FeatureCache, drop
 
 SPAWN = mp.get_context("spawn")
 REPO = Path(__file__).resolve().parents[2]
-WIDTH = DEFAULT_WIDTH
+WIDTH = CACHE_WIDTH
 KEYS = 64  # entities the processes fight over
 CAPACITY = 48  # fewer than KEYS: evictions happen too
 TTL_MS = 600_000
@@ -98,7 +99,7 @@ def read_some(cache: FeatureCache, rng: np.random.Generator, step: int) -> tuple
 
 
 def writer_main(name: str, writer: int, stop, results) -> None:
-    cache = FeatureCache.open(name, CAPACITY, TTL_MS, wait_s=START_S)
+    cache = FeatureCache.open(name, CAPACITY, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS, wait_s=START_S)
     rng = np.random.default_rng(writer)
     results.put(("ready", writer))
     stored = refused = seq = 0
@@ -111,7 +112,7 @@ def writer_main(name: str, writer: int, stop, results) -> None:
 
 
 def reader_main(name: str, reader: int, stop, results) -> None:
-    cache = FeatureCache.open(name, CAPACITY, TTL_MS, wait_s=START_S)
+    cache = FeatureCache.open(name, CAPACITY, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS, wait_s=START_S)
     rng = np.random.default_rng(100 + reader)
     results.put(("ready", reader))
     lookups = hits = step = 0
@@ -139,7 +140,7 @@ def receive(results, n: int, timeout_s: float) -> list:
 def test_four_writers_and_four_readers_never_see_a_torn_vector_and_counts_add_up(
     cache_name, children
 ):
-    cache = FeatureCache.open(cache_name, CAPACITY, TTL_MS)
+    cache = FeatureCache.open(cache_name, CAPACITY, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS)
     try:
         stop, results = SPAWN.Event(), SPAWN.Queue()
         for target, n in ((writer_main, 4), (reader_main, 4)):
@@ -186,7 +187,7 @@ def read_and_check(cache: FeatureCache, rng: np.random.Generator, step: int, n: 
 
 def busy_writer_main(name: str, writer: int) -> None:
     """Writes until SIGKILLed."""
-    cache = FeatureCache.open(name, CAPACITY, TTL_MS, wait_s=START_S)
+    cache = FeatureCache.open(name, CAPACITY, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS, wait_s=START_S)
     rng = np.random.default_rng(writer)
     seq = 0
     while True:
@@ -200,7 +201,7 @@ def busy_writer_main(name: str, writer: int) -> None:
 
 @pytest.mark.timeout(120)
 def test_writers_sigkilled_mid_write_leave_no_lock_held_and_no_torn_entry(cache_name, children):
-    cache = FeatureCache.open(cache_name, CAPACITY, TTL_MS)
+    cache = FeatureCache.open(cache_name, CAPACITY, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS)
     rng = np.random.default_rng(7)
     deadline = time.monotonic() + 90
     kills = step = 0
@@ -231,7 +232,7 @@ def test_writers_sigkilled_mid_write_leave_no_lock_held_and_no_torn_entry(cache_
 
 def racer_main(name: str, racer: int, barrier, results) -> None:
     barrier.wait(timeout=START_S)
-    cache = FeatureCache.open(name, 40, TTL_MS, wait_s=30)
+    cache = FeatureCache.open(name, 40, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS, wait_s=30)
     entity = f"racer-{racer}"
     cache.put("v1", entity, np.full(WIDTH, racer), racer, cache.generation(entity))
     results.put((racer, cache.created, cache.memory_bytes))
@@ -252,7 +253,7 @@ def test_processes_racing_to_create_the_segment_share_one(cache_name, children):
 
     assert sum(created for _, created, _ in reports) == 1
     assert len({size for _, _, size in reports}) == 1
-    with FeatureCache.open(cache_name, 40, TTL_MS) as cache:
+    with FeatureCache.open(cache_name, 40, TTL_MS, CACHE_WIDTH, CACHE_VERSIONS) as cache:
         assert not cache.created
         assert cache.get_many("v1", [f"racer-{i}" for i in range(n)])[2].all()
 
@@ -262,12 +263,13 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from multiprocessing import resource_tracker
     import numpy as np
+    from featurestore.cache import CACHE_VERSIONS, CACHE_WIDTH
     from shm import FeatureCache
 
     resource_tracker.ensure_running()  # the tracker that would unlink a SharedMemory
     print(resource_tracker._resource_tracker._pid, flush=True)
     name, entity, how = sys.argv[1:4]
-    cache = FeatureCache.open(name, 32, 600000)
+    cache = FeatureCache.open(name, 32, 600000, CACHE_WIDTH, CACHE_VERSIONS)
     cache.put("v1", entity, np.ones(cache.width), 7, cache.generation(entity))
     if how == "close":
         cache.close()
@@ -304,7 +306,7 @@ def test_the_segment_outlives_processes_that_create_or_attach_it(cache_name):
             time.sleep(0.01)  # deadline-poll
         assert os.path.exists(f"/dev/shm/{cache_name}"), how
 
-    with FeatureCache.open(cache_name, 32, 600_000) as cache:
+    with FeatureCache.open(cache_name, 32, 600_000, CACHE_WIDTH, CACHE_VERSIONS) as cache:
         assert not cache.created
         hit = cache.get_many("v1", ["by-exit", "by-close", "by-kill"])[2]
         assert hit.tolist() == [True, True, True]

@@ -18,7 +18,7 @@ from disk_support import FileSizeLimit, SmallTmpfs
 from http_support import HTTP_TIMEOUT_S, REQUEST_ID, gateway_stack
 
 from featurestore.errors import Code, ServiceError
-from featurestore.launcher import Stack, wait_for
+from featurestore.ops.launcher import Stack, wait_for
 from featurestore.store.errors import STORE_RETRY_AFTER_S
 from featurestore.timestamps import now_ms
 

@@ -33,7 +33,7 @@ from supervised_support import (
 )
 
 from featurestore.config import Settings
-from featurestore.launcher import wait_for
+from featurestore.ops.launcher import wait_for
 from featurestore.timestamps import parse_timestamp
 from featurestore.wire.client import Client
 from shm import segment

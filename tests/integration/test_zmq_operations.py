@@ -29,7 +29,7 @@ from integration_support import (
 
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import definitions, feature_set
-from featurestore.launcher import Stack
+from featurestore.ops.launcher import Stack
 from featurestore.timestamps import now_ms
 from featurestore.wire.client import AsyncClient, Client
 from featurestore.wire.frames import Op

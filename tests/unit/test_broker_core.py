@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from broker.core import BrokerCore
+from featurestore.cache import CACHE_VERSIONS, CACHE_WIDTH
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.timestamps import now_ms
@@ -40,10 +41,10 @@ from featurestore.wire.messages import (
     decode_answer,
     decode_error,
 )
-from shm import DEFAULT_WIDTH, FeatureCache, drop
+from shm import FeatureCache, drop
 
 CLIENT = b"client-1"
-WIDTH = DEFAULT_WIDTH
+WIDTH = CACHE_WIDTH
 
 
 class StubTransport:
@@ -76,7 +77,7 @@ class StubTransport:
 @pytest.fixture
 def cache():
     name = f"fst_{uuid4().hex[:10]}"
-    opened = FeatureCache.open(name, 256, 600_000)
+    opened = FeatureCache.open(name, 256, 600_000, CACHE_WIDTH, CACHE_VERSIONS)
     yield opened
     opened.close()
     drop(name)

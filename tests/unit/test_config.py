@@ -453,7 +453,7 @@ def test_cli_stops_with_exit_config_naming_the_variable(
 
 def test_supervisord_does_not_restart_after_a_final_exit_code() -> None:
     from featurestore.exitcodes import FINAL_EXIT_CODES
-    from featurestore.supervisor import CONFIG
+    from featurestore.ops.supervisor import CONFIG
 
     programs = CONFIG.read_text().split("[program:")[1:]
     assert programs

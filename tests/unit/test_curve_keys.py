@@ -1,5 +1,6 @@
-"""CURVE keys (featurestore/curve.py): the directory `featurestore keys generate` writes, every
-way a key file can be wrong (a ConfigError naming the file), and the ZAP domains on real
+"""CURVE keys (featurestore/security/curve.py): the directory `featurestore keys generate`
+writes, every way
+a key file can be wrong (a ConfigError naming the file), and the ZAP domains on real
 in-process ZeroMQ sockets: the back end takes only the internal key, the front end takes
 the internal key and clients/*.key, re-read when that directory changes."""
 
@@ -14,10 +15,11 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from featurestore import curve
 from featurestore.cli import main as featurestore_cli
 from featurestore.config import ConfigError, Settings
-from featurestore.curve import (
+from featurestore.exitcodes import EXIT_CONFIG, EXIT_FAILURE
+from featurestore.security import curve
+from featurestore.security.curve import (
     CurveClient,
     Domain,
     KeyFileError,
@@ -27,7 +29,6 @@ from featurestore.curve import (
     load_client_keys,
     server_keys,
 )
-from featurestore.exitcodes import EXIT_CONFIG, EXIT_FAILURE
 
 HANDSHAKE_TIMEOUT_MS = 5000
 OUTCOMES = {

@@ -25,15 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore import files
 from featurestore.cli import main as cli_main
 from featurestore.config import VARIABLES
-from featurestore.demo import ENTITY_LIST
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_NOT_FOUND
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.features.vectors import VectorView
-from featurestore.offline import generate_file
+from featurestore.offline import files
+from featurestore.offline.compute import generate_file
+from featurestore.offline.demo import ENTITY_LIST
 from featurestore.store.batch import NO_CATEGORY
 from featurestore.store.columns import EventColumns
 from featurestore.store.sqlite import SqliteEventStore

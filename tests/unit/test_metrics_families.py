@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sanic import Blueprint, HTTPResponse, Sanic
 
-from gateway.metrics.directory import drop, metrics_dir, prepare
+from featurestore.ops.metrics_dir import drop, metrics_dir, prepare
 from gateway.metrics.exposition import RESPONSES, request_families
 from gateway.metrics.recorder import (
     BUCKETS_S,

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shm import DEFAULT_WIDTH, CacheError, FeatureCache, UnknownVersion, drop
+from featurestore.cache import CACHE_VERSIONS, CACHE_WIDTH
+from shm import CacheError, FeatureCache, UnknownVersion, drop
 
-WIDTH = DEFAULT_WIDTH
+WIDTH = CACHE_WIDTH
 DEADLINE_S = 10.0
 
 
@@ -30,7 +31,9 @@ def open_cache(cache_name):
     opened: list[FeatureCache] = []
 
     def _open(max_size: int = 64, ttl_ms: int = 600_000, **kwargs) -> FeatureCache:
-        cache = FeatureCache.open(cache_name, max_size, ttl_ms, **kwargs)
+        cache = FeatureCache.open(
+            cache_name, max_size, ttl_ms, CACHE_WIDTH, CACHE_VERSIONS, **kwargs
+        )
         opened.append(cache)
         return cache
 
@@ -342,7 +345,7 @@ OPS = st.lists(
 @given(OPS)
 def test_behaves_like_a_dict_when_nothing_is_evicted(ops):
     name = f"fst_{uuid4().hex[:10]}"
-    cache = FeatureCache.open(name, 64, 600_000)
+    cache = FeatureCache.open(name, 64, 600_000, CACHE_WIDTH, CACHE_VERSIONS)
     model: dict[tuple[str, str], int] = {}
     try:
         for step, (op, ids, version) in enumerate(ops):

@@ -14,9 +14,8 @@ from zlib import crc32
 import numpy as np
 import pytest
 
-from featurestore.processes import process_start_ticks
-from shm import DEFAULT_WIDTH, CacheError, FeatureCache, drop
-from shm.keys import version_code
+from featurestore.cache import CACHE_VERSIONS, CACHE_WIDTH
+from shm import CacheError, FeatureCache, drop
 from shm.layout import (
     C_HITS,
     C_PID,
@@ -26,25 +25,24 @@ from shm.layout import (
     H_FILLED,
     H_WRITER,
 )
+from shm.procfs import process_start_ticks
 
 
 @pytest.fixture
 def cache():
     name = f"fst_{uuid4().hex[:10]}"
-    opened = FeatureCache.open(name, 16, 600_000)
+    opened = FeatureCache.open(name, 16, 600_000, CACHE_WIDTH, CACHE_VERSIONS)
     yield opened
     opened.close()
     drop(name)
 
 
 def put(cache: FeatureCache, entity_id: str, x: float) -> bool:
-    return cache.put(
-        "v1", entity_id, np.full(DEFAULT_WIDTH, x), int(x), cache.generation(entity_id)
-    )
+    return cache.put("v1", entity_id, np.full(CACHE_WIDTH, x), int(x), cache.generation(entity_id))
 
 
 def slot_of(cache: FeatureCache, entity_id: str) -> int:
-    code, salt = version_code("v1")
+    code, salt = cache.versions.code("v1")
     key = entity_id.encode()
     return cache._writer.find_one(key, crc32(key) ^ salt, code)
 
@@ -133,7 +131,7 @@ def dead_pid() -> int:
 
 def test_a_dead_owners_counter_slot_is_taken_over_with_its_counts():
     name = f"fst_{uuid4().hex[:10]}"
-    first = FeatureCache.open(name, 16, 600_000)
+    first = FeatureCache.open(name, 16, 600_000, CACHE_WIDTH, CACHE_VERSIONS)
     try:
         counters = first._views.counters
         others = np.arange(COUNTER_SLOTS) != first._row
@@ -141,7 +139,9 @@ def test_a_dead_owners_counter_slot_is_taken_over_with_its_counts():
         counters[others, C_START] = 1
         counters[others, C_HITS] = 5
 
-        with FeatureCache.open(name, 16, 600_000) as second:  # every slot taken: a dead one
+        with FeatureCache.open(
+            name, 16, 600_000, CACHE_WIDTH, CACHE_VERSIONS
+        ) as second:  # every slot taken: a dead one
             assert counters[second._row, C_PID] == os.getpid()
             second.get("v1", "x")
             assert second.stats()["hits"] == 5 * (COUNTER_SLOTS - 1)
@@ -150,7 +150,7 @@ def test_a_dead_owners_counter_slot_is_taken_over_with_its_counts():
         counters[others, C_PID] = os.getpid()  # every slot held by a live process
         counters[others, C_START] = process_start_ticks(os.getpid())
         with pytest.raises(CacheError, match="counter slots"):
-            FeatureCache.open(name, 16, 600_000)
+            FeatureCache.open(name, 16, 600_000, CACHE_WIDTH, CACHE_VERSIONS)
         assert first.stats()["hits"] == 5 * (COUNTER_SLOTS - 1)
     finally:
         first.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from featurestore.permissions import private_dir
+from featurestore.ops.permissions import private_dir
 from featurestore.store.errors import StoreCorrupt, StoreError
 from featurestore.store.schema import APPLICATION_ID
 from featurestore.store.sqlite import DB_FILENAME, SqliteEventStore

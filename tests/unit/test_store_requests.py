@@ -14,7 +14,12 @@ import orjson
 import pytest
 
 from featurestore.errors import Code, ServiceError
-from featurestore.files import EVENT_OPTIONAL, EVENT_REQUIRED, read_chunks, validate_event_frame
+from featurestore.offline.files import (
+    EVENT_OPTIONAL,
+    EVENT_REQUIRED,
+    read_chunks,
+    validate_event_frame,
+)
 from featurestore.store.batch import EVENT_DTYPE
 from featurestore.store.columns import EventColumns
 from featurestore.store.requests import events_digest

@@ -1,4 +1,4 @@
-"""HTTP bearer tokens: the API_TOKENS_FILE format (featurestore/tokens.py) with every error
+"""HTTP bearer tokens: the API_TOKENS_FILE format (featurestore/security/tokens.py) with every error
 named, `featurestore keys token`, and the route checks of gateway/auth.py (401 / 403 and
 their WWW-Authenticate challenges)."""
 
@@ -15,7 +15,7 @@ from featurestore.cli import main as featurestore_cli
 from featurestore.config import ConfigError, Settings
 from featurestore.errors import Code
 from featurestore.exitcodes import EXIT_CONFIG, EXIT_FAILURE
-from featurestore.tokens import (
+from featurestore.security.tokens import (
     Scope,
     TokenFileError,
     TokenTable,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
+from featurestore.cache import open_cache
 from featurestore.config import Settings
 from featurestore.errors import Code
 from featurestore.features.engine import compute
@@ -30,7 +31,7 @@ from featurestore.wire.messages import (
     IngestRequest,
     decode_answer,
 )
-from shm import FeatureCache, drop
+from shm import drop
 from workers.handlers import Handlers
 from workers.publisher import VectorPublisher
 
@@ -47,7 +48,7 @@ def handlers(tmp_path: Path):
     name = f"fst_{uuid4().hex[:10]}"
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), "CACHE_NAME": name})
     store = open_store(tmp_path)
-    cache = FeatureCache.from_settings(settings)
+    cache = open_cache(settings)
     context = zmq.Context()
     publisher = VectorPublisher(context, settings.drift_features_endpoint, "t", False)
     yield Handlers(settings, store, cache, publisher)

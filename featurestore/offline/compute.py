@@ -17,7 +17,7 @@ import pandas as pd
 
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
-from featurestore.files import (
+from featurestore.offline.files import (
     ROW_REQUIRED,
     FrameWriter,
     check_identifiers,

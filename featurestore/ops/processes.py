@@ -19,20 +19,11 @@ import signal
 import sys
 import time
 
+from shm.procfs import process_start_ticks
+
 PARENT_PID_VARIABLE = "FS_PARENT_PID"  # the pid a child must die with, when not its ppid
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 KILL_POLL_S = 0.02
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot, None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
 
 
 def parent_of(pid: int) -> int | None:

@@ -32,10 +32,10 @@ from typing import Any
 import zmq
 
 from featurestore.config import Settings
-from featurestore.curve import internal_keys
 from featurestore.errors import ServiceError
-from featurestore.processes import PARENT_PID_VARIABLE
-from featurestore.stacklock import OWNER_VARIABLE, StackLock
+from featurestore.ops.processes import PARENT_PID_VARIABLE
+from featurestore.ops.stacklock import OWNER_VARIABLE, StackLock
+from featurestore.security.curve import internal_keys
 from featurestore.wire.client import Client
 
 READY_TIMEOUT_S = 30.0
@@ -260,7 +260,7 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     _signal_group(process, signal.SIGKILL)
                     process.wait(timeout=5)
-        from gateway.metrics import drop as drop_metrics
+        from featurestore.ops.metrics_dir import drop as drop_metrics
         from shm import drop
 
         drop(self.settings.cache_name)

@@ -21,7 +21,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featurestore.processes import is_same_process, process_start_ticks
+from featurestore.ops.processes import is_same_process
+from shm.procfs import process_start_ticks
 
 LOCK_FILENAME = "stack.pid"
 OWNER_VARIABLE = "FS_STACK_OWNER"

@@ -1,4 +1,4 @@
-"""`python -m featurestore.orphanless COMMAND [ARGS...]`: run COMMAND so that it dies with
+"""`python -m featurestore.ops.orphanless COMMAND [ARGS...]`: run COMMAND so that it dies with
 the process that started it (the parent-death signal survives execve). How `featurestore
 serve` starts supervisord, a program that cannot ask for the signal itself."""
 
@@ -8,13 +8,13 @@ import os
 import sys
 
 from featurestore.exitcodes import EXIT_USAGE
-from featurestore.processes import PARENT_PID_VARIABLE, die_with_parent
+from featurestore.ops.processes import PARENT_PID_VARIABLE, die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:
     command = sys.argv[1:] if argv is None else argv
     if not command:
-        print("usage: python -m featurestore.orphanless COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m featurestore.ops.orphanless COMMAND [ARGS...]", file=sys.stderr)
         return EXIT_USAGE
     die_with_parent()
     os.environ.pop(PARENT_PID_VARIABLE, None)  # COMMAND's own children have COMMAND as parent

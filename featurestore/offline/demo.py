@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featurestore.files import frame_to_columns
+from featurestore.offline.files import frame_to_columns
 from featurestore.store.base import EventStore
 
 DAY_MS = 86_400_000

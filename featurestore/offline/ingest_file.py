@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurestore.files import (
+from featurestore.offline.files import (
     EVENT_OPTIONAL,
     EVENT_REQUIRED,
     FileError,

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from featurestore.config import ConfigError, Settings
 from featurestore.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE
-from featurestore.logs import setup_logging
-from featurestore.permissions import restrict_new_files
-from featurestore.processes import die_with_parent
-from featurestore.stacklock import StackBusy, claimed_stack
+from featurestore.ops.logs import setup_logging
+from featurestore.ops.permissions import restrict_new_files
+from featurestore.ops.processes import die_with_parent
+from featurestore.ops.stacklock import StackBusy, claimed_stack
 from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 
 

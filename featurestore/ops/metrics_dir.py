@@ -6,7 +6,7 @@ update is a write to a mapped file, so no disk is involved), and lives as long a
 gateway's main process: `prepare` wipes and creates it (0700) before the first server starts,
 `drop` removes it on a clean stop (and `featurestore serve` or the test launcher remove it
 after a gateway that was killed). The servers' files are 0600 by their umask (every role
-starts with `featurestore.permissions.restrict_new_files`).
+starts with `featurestore.ops.permissions.restrict_new_files`).
 
 prometheus_client reads `PROMETHEUS_MULTIPROC_DIR` when it is first imported, so the main
 process passes the directory to each server in its environment; nothing sets it later.
@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 
 from featurestore.config import ConfigError
-from featurestore.permissions import DIR_MODE
+from featurestore.ops.permissions import DIR_MODE
 from shm.segment import SHM_DIR
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -61,11 +61,3 @@ def drop(cache_name: str) -> bool:
     else:
         os.unlink(path)
     return True
-
-
-def forget_process(path: Path, pid: int) -> None:
-    """A server process `pid` died: its live gauges go; its counters and histograms stay in
-    the directory, so the gateway's totals never go down."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid, str(path))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from featurestore.config import Settings
 from featurestore.exitcodes import FINAL_EXIT_CODES
-from featurestore.permissions import PRIVATE_UMASK, private_dir
-from featurestore.processes import PARENT_PID_VARIABLE
-from featurestore.stacklock import OWNER_VARIABLE
+from featurestore.ops.permissions import PRIVATE_UMASK, private_dir
+from featurestore.ops.processes import PARENT_PID_VARIABLE
+from featurestore.ops.stacklock import OWNER_VARIABLE
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 SOCKET_PATH_MAX = 100
@@ -62,7 +62,7 @@ def start_supervisord(
         [
             sys.executable,
             "-m",
-            "featurestore.orphanless",
+            "featurestore.ops.orphanless",
             sys.executable,
             "-m",
             "supervisor.supervisord",

@@ -1,0 +1,1 @@
+"""Security: CurveZMQ keys of the internal sockets and the API tokens of the gateway."""
