@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from featurestore.store.columns import EventColumns
 from featurestore.timestamps import TimestampError, parse_timestamp_column
-from featurestore.validation.identifiers import MAX_ID_BYTES
+from featurestore.validation.identifiers import CONTROL_PATTERN, MAX_ID_BYTES
 
 CHUNK_ROWS = 100_000
 CSV_BLOCK_BYTES = 4 << 20
@@ -37,7 +37,6 @@ _FORMATS = {
 }
 # A JSON array is written chunk by chunk, but cannot be read that way: output only.
 _OUTPUT_FORMATS = {**_FORMATS, ".json": "json"}
-_CONTROL_PATTERN = "[\x00-\x1f]"
 
 
 class FileError(ValueError):
@@ -187,7 +186,7 @@ def check_identifiers(
             column,
             f"must be 1-{MAX_ID_BYTES} UTF-8 bytes",
         )
-    control = pc.fill_null(pc.match_substring_regex(array, _CONTROL_PATTERN), False)
+    control = pc.fill_null(pc.match_substring_regex(array, CONTROL_PATTERN), False)
     control = control.to_numpy(zero_copy_only=False)
     if control.any():
         raise _bad(

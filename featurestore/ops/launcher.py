@@ -14,6 +14,7 @@ and `stop()` ends only the stack's own pids and drops its cache segment.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ from featurestore.wire.client import Client
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 0.05
+GATEWAY_PROBE_TIMEOUT_S = 1.0
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an http_proxy
 
 
 def free_port() -> int:
@@ -203,11 +207,15 @@ class Stack:
         return wait_for(ready, timeout_s, "the stack to become ready")
 
     def _gateway_up(self) -> bool:
+        """Every HTTP server of the gateway answers: its main process accepts connections
+        before its servers are up, so a TCP connect proves nothing."""
+        url = f"http://127.0.0.1:{self.settings.port}/health"
         try:
-            with socket.create_connection(("127.0.0.1", self.settings.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+            with _DIRECT.open(url, timeout=GATEWAY_PROBE_TIMEOUT_S) as response:
+                gateway = json.loads(response.read())["gateway"]
+        except (OSError, ValueError, KeyError):
+            return False  # not yet listening, or a 503 (urllib raises HTTPError, an OSError)
+        return gateway["alive"] >= gateway["expected"]
 
     def _raise_if_exited(self) -> None:
         for managed in self.processes.values():

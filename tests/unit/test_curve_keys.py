@@ -1,8 +1,7 @@
 """CURVE keys (featurestore/security/curve.py): the directory `featurestore keys generate`
-writes, every way
-a key file can be wrong (a ConfigError naming the file), and the ZAP domains on real
-in-process ZeroMQ sockets: the back end takes only the internal key, the front end takes
-the internal key and clients/*.key, re-read when that directory changes."""
+writes, every way a key file can be wrong (a ConfigError naming the file), and the ZAP
+domains on real in-process ZeroMQ sockets: the back end takes only the internal key, the
+front end takes the internal key and clients/*.key, re-read when that directory changes."""
 
 from __future__ import annotations
 
