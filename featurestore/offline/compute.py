@@ -1,16 +1,20 @@
 """Offline retrieval: point-in-time correct feature rows for training data.
 
 `feature_frame` turns (entity_id, timestamp) rows into one feature vector per row, each as of
-its own timestamp, with the same engine as online serving. `generate_file` streams a file of
-any size through it chunk by chunk, keeping the input order.
+its own timestamp, with the same engine as online serving. `generate_file` streams rows of any
+size (a file, or a Parquet dataset) through it chunk by chunk, keeping the input order;
+`chunk_keys` and `output_frame` are the two halves of a chunk that the Dask engine
+(`featurestore/offline/dask_generate.py`) runs in different tasks, so both engines validate
+and write rows with the same code.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,18 +23,28 @@ from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.offline.files import (
     ROW_REQUIRED,
-    FrameWriter,
+    FileError,
     check_identifiers,
     check_timestamps,
     normalise_row_timestamps,
     read_chunks,
 )
-from featurestore.store.base import EventStore
+from featurestore.offline.outputs import open_output
+from featurestore.offline.rowsource import row_files
+from featurestore.store.batch import EventBatch
 
 STATUS_OK = "ok"
 STATUS_NOT_FOUND = "not_found"
 GENERATE_CHUNK_ROWS = 100_000
 VERSION_METADATA_KEY = "featurestore.version"  # Parquet schema metadata of generated files
+
+
+class EventSource(Protocol):
+    """What feature rows need of events: the store, or an export of it."""
+
+    def read(self, entity_ids: Sequence[str], as_of_ms: int | None = None) -> EventBatch: ...
+
+    def category_names(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ def select_features(version: str, names: list[str] | None) -> list[str]:
 
 
 def feature_frame(
-    store: EventStore,
+    store: EventSource,
     entity_ids: np.ndarray,
     as_of_ms: np.ndarray,
     version: str,
@@ -78,8 +92,27 @@ def feature_frame(
     return pd.DataFrame(data), matrix.found
 
 
+def chunk_keys(path: Path, chunk: pd.DataFrame, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entity ids (object array) and as-of times (int64 ms) of a chunk of rows, checked;
+    FileError names the file, the row (`offset` rows precede the chunk) and the column."""
+    entity_ids = check_identifiers(path, chunk, "entity_id", offset, required=True)
+    return entity_ids, check_timestamps(path, chunk, offset)
+
+
+def output_frame(
+    chunk: pd.DataFrame, entity_ids: np.ndarray, features: pd.DataFrame, found: np.ndarray
+) -> pd.DataFrame:
+    """The output rows of a chunk: entity_id, timestamp (as in the input), features, status."""
+    out = pd.DataFrame(
+        {"entity_id": entity_ids, "timestamp": normalise_row_timestamps(chunk["timestamp"])}
+    )
+    out = pd.concat([out.reset_index(drop=True), features.reset_index(drop=True)], axis=1)
+    out["status"] = np.where(found, STATUS_OK, STATUS_NOT_FOUND)
+    return out
+
+
 def generate_file(
-    store: EventStore,
+    store: EventSource,
     rows_path: str | Path,
     output_path: str | Path,
     *,
@@ -88,25 +121,29 @@ def generate_file(
     progress: Callable[[int], None] | None = None,
     chunk_rows: int = GENERATE_CHUNK_ROWS,
 ) -> GenerateSummary:
-    """Write one feature vector per input row, in input order, to `output_path`."""
+    """Write one feature vector per input row, in input order, to `output_path` (a file, or a
+    Parquet dataset directory with one part per input file)."""
     started = time.perf_counter()
-    source = Path(rows_path)
+    files = row_files(rows_path)
     rows = found = 0
-    with FrameWriter(output_path, metadata={VERSION_METADATA_KEY: version}) as writer:
-        for chunk in read_chunks(source, ROW_REQUIRED, chunk_rows=chunk_rows):
-            entity_ids = check_identifiers(source, chunk, "entity_id", rows, required=True)
-            as_of = check_timestamps(source, chunk, rows)
-            features, hit = feature_frame(store, entity_ids, as_of, version, names)
-            out = pd.DataFrame(
-                {"entity_id": entity_ids, "timestamp": normalise_row_timestamps(chunk["timestamp"])}
-            )
-            out = pd.concat([out.reset_index(drop=True), features], axis=1)
-            out["status"] = np.where(hit, STATUS_OK, STATUS_NOT_FOUND)
-            writer.write(out)
-            rows += len(chunk)
-            found += int(hit.sum())
-            if progress is not None:
-                progress(len(chunk))
+    output = open_output(output_path, {VERSION_METADATA_KEY: version})
+    try:
+        for index, source in enumerate(files):
+            output.start_part(index)
+            offset = 0
+            for chunk in read_chunks(source, ROW_REQUIRED, chunk_rows=chunk_rows):
+                entity_ids, as_of = chunk_keys(source, chunk, offset)
+                features, hit = feature_frame(store, entity_ids, as_of, version, names)
+                output.write(output_frame(chunk, entity_ids, features, hit))
+                offset += len(chunk)
+                found += int(hit.sum())
+                if progress is not None:
+                    progress(len(chunk))
+            rows += offset
         if rows == 0:
-            raise ValueError(f"{source}: no rows")
+            raise FileError(f"{rows_path}: no rows")
+        output.commit({"version": version, "rows": rows, "found": found, "parts": len(files)})
+    except BaseException:
+        output.abort()
+        raise
     return GenerateSummary(rows, found, time.perf_counter() - started)

@@ -95,7 +95,7 @@ def read_chunks(
         yield from _jsonl_chunks(source, required, optional, chunk_rows)
 
 
-def _columns(
+def select_columns(
     source: Path, names: list[str], required: tuple[str, ...], optional: tuple[str, ...]
 ) -> list[str]:
     missing = [c for c in required if c not in names]
@@ -111,7 +111,7 @@ def _parquet_chunks(source: Path, required, optional, chunk_rows: int) -> Iterat
         parquet = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise FileError(f"{source}: not a readable Parquet file ({exc})") from None
-    columns = _columns(source, parquet.schema_arrow.names, required, optional)
+    columns = select_columns(source, parquet.schema_arrow.names, required, optional)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
         yield batch.to_pandas()
 
@@ -121,7 +121,7 @@ def _csv_chunks(source: Path, required, optional) -> Iterator[pd.DataFrame]:
         probe = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 16))
         names = probe.schema.names
         probe.close()
-        columns = _columns(source, names, required, optional)
+        columns = select_columns(source, names, required, optional)
         reader = pacsv.open_csv(
             source,
             read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
@@ -141,7 +141,7 @@ def _jsonl_chunks(source: Path, required, optional, chunk_rows: int) -> Iterator
     try:
         reader = pd.read_json(source, lines=True, chunksize=chunk_rows, dtype=False)
         for frame in reader:
-            columns = _columns(source, list(frame.columns), required, optional)
+            columns = select_columns(source, list(frame.columns), required, optional)
             yield frame[columns]
     except FileError:
         raise  # already names the file and the problem
@@ -320,13 +320,21 @@ class FrameWriter:
     JSON is one array of row objects, written slice by slice: nulls (NaN and pandas NA) are
     JSON null, integer columns (nullable Int64 included) JSON integers, text and numbers as
     they are in the frame. Writes to `<name>.partial` and moves it into place
-    on a clean close, so a failed run never leaves a half-written output behind."""
+    on a clean close, so a failed run never leaves a half-written output behind.
+    Parquet gets one row group per `write`."""
 
-    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: dict[str, str] | None = None,
+        *,
+        make_parents: bool = True,
+    ) -> None:
         self.metadata = metadata or {}
         self.final_path = Path(path)
         self.kind = output_format(self.final_path)
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        if make_parents:  # a part of a dataset must not bring back an aborted run's directory
+            self.final_path.parent.mkdir(parents=True, exist_ok=True)
         self.path = self.final_path.with_name(self.final_path.name + ".partial")
         self._parquet: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None

@@ -24,6 +24,10 @@ class StoreError(RuntimeError):
         self.path = str(path)
         self.problem = problem
 
+    def __reduce__(self) -> tuple:
+        """Pickled by its arguments, so it crosses processes (a Dask task's failure)."""
+        return (type(self), (self.path, self.problem))
+
 
 class StoreUnavailable(StoreError):
     """The store cannot take writes (or be read) now; nothing was half-stored."""

@@ -1,0 +1,97 @@
+"""A Dask cluster for one run: an existing `distributed` scheduler, or a LocalCluster of N
+worker processes started for the run and stopped after it. Every wait has a deadline; a
+scheduler that cannot be reached is one `ClusterError`, never a traceback.
+
+Imported only by the commands that use Dask (`featurestore --help` must not load it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import dask
+from distributed import Client, LocalCluster
+
+CONNECT_TIMEOUT_S = 10.0  # reaching a scheduler
+CLUSTER_START_TIMEOUT_S = 120.0  # a LocalCluster's workers up (spawned processes import NumPy)
+WORKERS_TIMEOUT_S = 30.0  # an existing scheduler has at least one worker
+CLOSE_TIMEOUT_S = 30.0
+LOCAL_HOST = "127.0.0.1"
+
+
+class ClusterError(Exception):
+    """The cluster cannot be had: unreachable scheduler, no workers, workers that fail."""
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A client of the scheduler at `scheduler`, else of a new LocalCluster of `workers`
+    single-threaded processes on this host (closed when the block ends)."""
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # failures are ours to report
+    with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT_S}s"}):
+        if scheduler is not None:
+            with _remote(scheduler) as client:
+                yield client
+        else:
+            with _local(workers or 1) as client:
+                yield client
+
+
+@contextlib.contextmanager
+def _remote(address: str) -> Iterator[Client]:
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT_S:g} s "
+            f"({reason})"
+        ) from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+        except TimeoutError:
+            raise ClusterError(
+                f"the Dask scheduler at {address} has no worker (waited {WORKERS_TIMEOUT_S:g} s)"
+            ) from None
+        yield client
+    finally:
+        client.close(timeout=CLOSE_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def _local(workers: int) -> Iterator[Client]:
+    try:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host=LOCAL_HOST,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        raise ClusterError(
+            f"cannot start a local Dask cluster of {workers} workers: {exc}"
+        ) from exc
+    try:
+        client = Client(cluster, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        try:
+            client.wait_for_workers(workers, timeout=CLUSTER_START_TIMEOUT_S)
+        except TimeoutError:
+            raise ClusterError(
+                f"the local Dask cluster's {workers} workers did not start within "
+                f"{CLUSTER_START_TIMEOUT_S:g} s"
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close(timeout=CLOSE_TIMEOUT_S)
+    finally:
+        cluster.close(timeout=CLOSE_TIMEOUT_S)
+
+
+def worker_count(client: Client) -> int:
+    return len(client.scheduler_info(n_workers=-1)["workers"])

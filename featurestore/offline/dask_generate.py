@@ -1,0 +1,446 @@
+"""`generate` on a Dask cluster: the same rows as one process, bit for bit (SPEC §16).
+
+Three waves of tasks, rows co-partitioned with events by entity bucket (`buckets.py`):
+
+1. split, one task per piece of the input (`rowsource.py`): read and check its chunks exactly
+   as `generate_file` does, give each row its input position, cut the rows by bucket.
+2. compute, one task per bucket: its rows from every piece, the events of its entities (from
+   the store, or from an export partitioned by the same bucket), one `feature_frame` call —
+   the function `generate_file` calls, so the one engine on whole entities; results cut back
+   by piece. Memory: the bucket's rows and events, whatever the size of the data set.
+3. write, one task per piece: its rows' results from every bucket, put back in input order
+   (every position exactly once, checked), joined with the piece's own columns read again,
+   written as a part of the output dataset (or handed to the client for a single file).
+
+A wave's parts travel as one Dask key per (piece, bucket) that has rows. Tasks are retried
+(`TASK_RETRIES`, and by the scheduler when a worker dies); a failure that persists stops the
+run with one error and the output, written to a temporary directory, never appears. Every
+wait has a deadline: the run fails if no task finishes for `STALL_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import operator
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from distributed import Client, Future, KilledWorker, wait
+
+from featurestore.config import Settings
+from featurestore.offline.buckets import bucket_count, bucket_of, check_bucket_count
+from featurestore.offline.cluster import ClusterError, worker_count
+from featurestore.offline.compute import (
+    GENERATE_CHUNK_ROWS,
+    VERSION_METADATA_KEY,
+    EventSource,
+    GenerateSummary,
+    chunk_keys,
+    feature_frame,
+    output_frame,
+)
+from featurestore.offline.export import ExportedEvents
+from featurestore.offline.files import ROW_REQUIRED, FileError
+from featurestore.offline.outputs import DatasetOutput, FileOutput, is_dataset_output, part_writer
+from featurestore.offline.rowsource import (
+    RowPiece,
+    chunk_pieces,
+    is_parquet_input,
+    parquet_pieces,
+    parquet_rows,
+    piece_chunks,
+    row_files,
+)
+from featurestore.store.errors import StoreError
+
+TASK_RETRIES = 2  # attempts after the first, for a task that raised
+STALL_TIMEOUT_S = 600.0  # no task finished for this long: the run is stuck
+ABORT_TIMEOUT_S = 30.0  # removing a failed run's temporary output
+ABORT_POLL_S = 0.1
+PIECE_CHUNKS_MAX = 10  # a split/write task reads at most this many chunks (1,000,000 rows)
+PIECES_PER_WORKER = 4
+
+
+# ------------------------------------------------------------------------- event sources
+@dataclass(frozen=True)
+class StoreEvents:
+    """Events read from the store by each task (workers must reach it: SQLite on this host,
+    or the server of STORE_URL), opened by the one store-opening function."""
+
+    settings: Settings
+
+    def open(self) -> EventSource:
+        """The store the settings name (whichever backend)."""
+        from featurestore.cli.common import open_event_store
+
+        return open_event_store(self.settings)
+
+
+@dataclass(frozen=True)
+class ExportEvents:
+    """Events read from an export (`featurestore export events`), a path the workers see."""
+
+    directory: str
+
+    def open(self) -> ExportedEvents:
+        return ExportedEvents(self.directory)
+
+
+EventsSpec = StoreEvents | ExportEvents
+
+
+@dataclass(frozen=True)
+class Job:
+    version: str
+    names: list[str]
+    buckets: int
+    chunk_rows: int
+    events: EventsSpec
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    rows: int
+    counts: np.ndarray  # rows per bucket
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyRows:
+    """Rows of one bucket from one piece: input position, entity id, as-of time."""
+
+    position: np.ndarray
+    entity_id: np.ndarray
+    as_of: np.ndarray
+
+
+@dataclass(frozen=True)
+class RowResults:
+    """Results of one bucket's rows of one piece."""
+
+    position: np.ndarray
+    features: pd.DataFrame
+    found: np.ndarray
+
+
+# ------------------------------------------------------------------------------- tasks
+def split_piece(piece: RowPiece, job: Job) -> tuple:
+    """(SplitInfo, then a KeyRows or None for each bucket). A bad row is an answer, not an
+    exception (retrying would not help): the client reports the first in input order."""
+    ids, as_of = [], []
+    try:
+        for offset, chunk in piece_chunks(piece, ROW_REQUIRED, job.chunk_rows):
+            entity_ids, times = chunk_keys(Path(piece.path), chunk, offset)
+            ids.append(entity_ids)
+            as_of.append(times)
+    except FileError as exc:
+        return (SplitInfo(0, np.zeros(job.buckets, np.int64), str(exc)), *[None] * job.buckets)
+    entity_ids = np.concatenate(ids)
+    times = np.concatenate(as_of)
+    position = piece.first + np.arange(entity_ids.size, dtype=np.int64)
+    bucket = bucket_of(entity_ids, job.buckets)
+    order = np.argsort(bucket, kind="stable")
+    counts = np.bincount(bucket, minlength=job.buckets).astype(np.int64)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    parts = []
+    for b in range(job.buckets):
+        rows = order[bounds[b] : bounds[b + 1]]
+        parts.append(KeyRows(position[rows], entity_ids[rows], times[rows]) if rows.size else None)
+    return (SplitInfo(int(entity_ids.size), counts), *parts)
+
+
+def compute_bucket(job: Job, pieces: list[int], parts: list[KeyRows]) -> dict[int, RowResults]:
+    """The features of one bucket's rows (from `pieces`, in that order), cut back by piece."""
+    entity_ids = np.concatenate([p.entity_id for p in parts])
+    as_of = np.concatenate([p.as_of for p in parts])
+    source = job.events.open()
+    try:
+        features, found = feature_frame(source, entity_ids, as_of, job.version, job.names)
+    finally:
+        source.close()
+    out, start = {}, 0
+    for ordinal, part in zip(pieces, parts, strict=True):
+        stop = start + part.position.size
+        out[ordinal] = RowResults(part.position, features.iloc[start:stop], found[start:stop])
+        start = stop
+    return out
+
+
+def write_piece(
+    piece: RowPiece, job: Job, directory: str | None, results: list[RowResults]
+) -> tuple[int, int, list[pd.DataFrame] | None]:
+    """The piece's output rows in input order: written as a part of the dataset being made in
+    `directory`, or returned (for the client to write one file). (rows, found, frames)."""
+    position = np.concatenate([r.position for r in results])
+    order = np.argsort(position, kind="stable")
+    expected = piece.first + np.arange(piece.rows, dtype=np.int64)
+    if not np.array_equal(position[order], expected):
+        raise RuntimeError(f"piece {piece.ordinal}: rows lost or doubled between tasks")
+    features = pd.concat([r.features for r in results], ignore_index=True).iloc[order]
+    found = np.concatenate([r.found for r in results])[order]
+    frames, start = [], 0
+    for offset, chunk in piece_chunks(piece, ROW_REQUIRED, job.chunk_rows):
+        entity_ids, _ = chunk_keys(Path(piece.path), chunk, offset)
+        stop = start + len(chunk)
+        frames.append(output_frame(chunk, entity_ids, features.iloc[start:stop], found[start:stop]))
+        start = stop
+    if directory is None:
+        return piece.rows, int(found.sum()), frames
+    writer = part_writer(Path(directory), piece.ordinal, {VERSION_METADATA_KEY: job.version})
+    with writer:
+        for frame in frames:
+            writer.write(frame)
+    return piece.rows, int(found.sum()), None
+
+
+# ------------------------------------------------------------------------------ driver
+def generate_dask(
+    client: Client,
+    events: EventsSpec,
+    events_count: int,
+    rows_path: str | Path,
+    output_path: str | Path,
+    *,
+    version: str,
+    names: list[str],
+    buckets: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_rows: int = GENERATE_CHUNK_ROWS,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+) -> GenerateSummary:
+    """`generate_file` on the cluster of `client`; `events_count` sizes the buckets."""
+    started = time.perf_counter()
+    run = _Run(client, stall_timeout_s)
+    metadata = {VERSION_METADATA_KEY: version}
+    try:
+        pieces, inputs = run.pieces(row_files(rows_path), chunk_rows)
+        total = sum(p.rows for p in pieces)
+        if total == 0:
+            raise FileError(f"{rows_path}: no rows")
+        workers = worker_count(client)
+        n_buckets = check_bucket_count(buckets or bucket_count(total, events_count, workers))
+        job = Job(version, names, n_buckets, chunk_rows, events)
+        split = run.split(pieces, inputs, job)
+        dataset = is_dataset_output(output_path)
+        output = (DatasetOutput if dataset else FileOutput)(output_path, metadata)
+        try:
+            directory = str(output.temporary) if dataset else None
+            found = run.compute_and_write(
+                pieces, inputs, job, split, directory=directory, output=output, progress=progress
+            )
+            summary = {"version": version, "rows": total, "found": found}
+            output.commit({**summary, "parts": len(pieces), "buckets": n_buckets})
+        except BaseException:
+            run.cancel()
+            _abort(output)
+            raise
+    finally:
+        run.cancel()
+    return GenerateSummary(total, found, time.perf_counter() - started)
+
+
+class _Run:
+    """The futures of one run. Only what is still needed is referenced (Dask frees a result
+    when no one holds it), and everything still held is cancelled when the run fails."""
+
+    def __init__(self, client: Client, stall_timeout_s: float) -> None:
+        self.client = client
+        self.stall_timeout_s = stall_timeout_s
+        self.tag = uuid.uuid4().hex[:8]
+        self.live: dict[str, Future] = {}
+
+    def submit(self, name: str, function: Callable, *args: object) -> Future:
+        key = f"fs-{name}-{self.tag}"
+        future = self.client.submit(function, *args, key=key, retries=TASK_RETRIES, pure=False)
+        self.live[key] = future
+        return future
+
+    def drop(self, futures: Iterable[Future]) -> None:
+        for future in futures:
+            self.live.pop(future.key, None)
+
+    def cancel(self) -> None:
+        if self.live:
+            with contextlib.suppress(Exception):
+                self.client.cancel(list(self.live.values()), force=True)
+            self.live.clear()
+
+    # ------------------------------------------------------------------------- waves
+    def pieces(
+        self, files: list[Path], chunk_rows: int
+    ) -> tuple[list[RowPiece], dict[int, RowPiece | Future]]:
+        """The pieces (without their rows) and what each task gets: a Parquet piece, which
+        it reads itself, or a chunk read here and scattered to the cluster."""
+        if is_parquet_input(files):
+            total = sum(parquet_rows(f) for f in files)
+            workers = worker_count(self.client)
+            wanted = chunk_rows * workers * PIECES_PER_WORKER
+            per_piece = max(1, min(PIECE_CHUNKS_MAX, -(-total // wanted)))
+            pieces = parquet_pieces(files, chunk_rows, per_piece)
+            return pieces, {p.ordinal: p for p in pieces}
+        pieces, inputs = [], {}
+        for piece in chunk_pieces(files, ROW_REQUIRED, chunk_rows):
+            future = self.client.scatter(piece, hash=False, timeout=self.stall_timeout_s)
+            self.live[future.key] = future
+            inputs[piece.ordinal] = future
+            pieces.append(dataclasses.replace(piece, frame=None))
+        return pieces, inputs
+
+    def split(
+        self, pieces: list[RowPiece], inputs: dict[int, RowPiece | Future], job: Job
+    ) -> tuple[dict[tuple[int, int], Future], np.ndarray]:
+        """Wave 1: the (piece, bucket) parts that have rows, as futures, and the rows of each
+        (pieces x buckets)."""
+        splits = {
+            p.ordinal: self.submit(f"split-{p.ordinal}", split_piece, inputs[p.ordinal], job)
+            for p in pieces
+        }
+        infos = {
+            ordinal: self.submit(f"split-info-{ordinal}", operator.getitem, future, 0)
+            for ordinal, future in splits.items()
+        }
+        ordinal_of = {future.key: ordinal for ordinal, future in infos.items()}
+        answers = {}
+        for future in self.wait_all(infos.values()):
+            answers[ordinal_of[future.key]] = future.result(timeout=self.stall_timeout_s)
+        self.drop(infos.values())
+        errors = sorted((o, a.error) for o, a in answers.items() if a.error)
+        if errors:
+            raise FileError(errors[0][1])
+        parts = {}
+        for ordinal, future in splits.items():
+            for bucket in np.flatnonzero(answers[ordinal].counts).tolist():
+                name = f"part-{ordinal}-{bucket}"
+                parts[ordinal, bucket] = self.submit(name, operator.getitem, future, bucket + 1)
+        self.drop(splits.values())
+        counts = np.stack([answers[p.ordinal].counts for p in pieces])
+        return parts, counts
+
+    def compute_and_write(
+        self,
+        pieces: list[RowPiece],
+        inputs: dict[int, RowPiece | Future],
+        job: Job,
+        split: tuple[dict[tuple[int, int], Future], np.ndarray],
+        *,
+        directory: str | None,
+        output: DatasetOutput | FileOutput,
+        progress: Callable[[int], None] | None,
+    ) -> int:
+        """Waves 2 and 3; the number of rows found. A single output file is written here, in
+        piece order, as the pieces come."""
+        parts, counts = split
+        computes: dict[str, tuple[Future, int]] = {}
+        back: dict[int, list[Future]] = {p.ordinal: [] for p in pieces}
+        for bucket in np.flatnonzero(counts.sum(axis=0)).tolist():
+            ordinals = np.flatnonzero(counts[:, bucket]).tolist()
+            ordinals = [pieces[i].ordinal for i in ordinals]
+            future = self.submit(
+                f"compute-{bucket}",
+                compute_bucket,
+                job,
+                ordinals,
+                [parts[o, bucket] for o in ordinals],
+            )
+            computes[future.key] = (future, int(counts[:, bucket].sum()))
+            for ordinal in ordinals:
+                name = f"back-{ordinal}-{bucket}"
+                back[ordinal].append(self.submit(name, operator.getitem, future, ordinal))
+        self.drop(parts.values())
+        writes = {
+            p.ordinal: self.submit(
+                f"write-{p.ordinal}",
+                write_piece,
+                inputs[p.ordinal],
+                job,
+                directory,
+                back[p.ordinal],
+            )
+            for p in pieces
+        }
+        self.drop(f for futures in back.values() for f in futures)
+        self.drop(f for f in inputs.values() if isinstance(f, Future))
+        del parts, back, inputs
+        return self._collect(computes, writes, output if directory is None else None, progress)
+
+    def _collect(
+        self,
+        computes: dict[str, tuple[Future, int]],
+        writes: dict[int, Future],
+        output: FileOutput | DatasetOutput | None,
+        progress: Callable[[int], None] | None,
+    ) -> int:
+        """Wait for every task; write the pieces to the one output file in order, if any."""
+        found = next_piece = 0
+        ordinal_of = {future.key: ordinal for ordinal, future in writes.items()}
+        finished: set[int] = set()
+        everything = [f for f, _ in computes.values()] + list(writes.values())
+        for future in self.wait_all(everything):
+            if future.key in computes:
+                _, rows = computes.pop(future.key)
+                self.drop([future])
+                if progress is not None:
+                    progress(rows)
+                continue
+            finished.add(ordinal_of[future.key])
+            while next_piece in finished:
+                done = writes.pop(next_piece)
+                _, hit, frames = done.result(timeout=self.stall_timeout_s)
+                for frame in frames or ():
+                    output.write(frame)
+                found += hit
+                self.drop([done])
+                next_piece += 1
+        return found
+
+    def wait_all(self, futures: Iterable[Future]) -> Iterator[Future]:
+        """Each future as it finishes; a task's failure or a stall raises."""
+        pending = set(futures)
+        while pending:
+            try:
+                with self.client.as_current():  # `wait` asks for the current client
+                    done, pending = wait(
+                        pending, timeout=self.stall_timeout_s, return_when="FIRST_COMPLETED"
+                    )
+            except TimeoutError:
+                raise ClusterError(
+                    f"no task finished within {self.stall_timeout_s:g} s; is the cluster alive?"
+                ) from None
+            for future in done:
+                if future.status != "finished":
+                    raise task_failure(future)
+                yield future
+
+
+def task_failure(future: Future) -> Exception:
+    """The one error a failed task stands for: the problem itself when it names a file or
+    the store, else which task failed how often and why."""
+    name = future.key.removeprefix("fs-").rsplit("-", 1)[0]
+    if future.status == "cancelled":
+        return ClusterError(f"task {name} was cancelled (its input was lost with a worker?)")
+    error = future.exception(timeout=ABORT_TIMEOUT_S)
+    if isinstance(error, FileError | StoreError):
+        return error
+    if isinstance(error, KilledWorker):
+        return ClusterError(f"task {name} was lost with the worker running it, too many times")
+    return ClusterError(
+        f"task {name} failed {TASK_RETRIES + 1} times: {type(error).__name__}: {error}"
+    )
+
+
+def _abort(output: DatasetOutput | FileOutput) -> None:
+    """Remove a failed run's output; a task still running may hold a file of it open a
+    moment longer, so the removal is retried until a deadline."""
+    deadline = time.monotonic() + ABORT_TIMEOUT_S
+    output.abort()
+    temporary = getattr(output, "temporary", None)
+    while temporary is not None and temporary.exists() and time.monotonic() < deadline:
+        shutil.rmtree(temporary, ignore_errors=True)
+        time.sleep(ABORT_POLL_S)
