@@ -113,6 +113,13 @@ def _check_engine_options(args: argparse.Namespace) -> None:
                 raise CommandError(f"--{option} needs --engine dask")
     if args.workers is not None and args.workers < 1:
         raise CommandError("--workers must be at least 1")
+    if args.buckets is not None:
+        from featurestore.offline.buckets import check_bucket_count
+
+        try:
+            check_bucket_count(args.buckets)
+        except ValueError as exc:
+            raise CommandError(f"--buckets: {exc}") from None
 
 
 def _open_events(args: argparse.Namespace, settings: Settings) -> EventSource:

@@ -69,7 +69,9 @@ def _local(workers: int) -> Iterator[Client]:
             threads_per_worker=1,
             processes=True,
             host=LOCAL_HOST,
-            dashboard_address=None,
+            # the scheduler's HTTP routes always start: a free loopback port, no dashboard
+            dashboard_address=f"{LOCAL_HOST}:0",
+            scheduler_kwargs={"dashboard": False},
             silence_logs=logging.ERROR,
         )
     except (OSError, TimeoutError, RuntimeError) as exc:

@@ -56,6 +56,8 @@ def row_files(rows: str | Path) -> list[Path]:
             if p.is_file() and p.suffix.lower() in DATASET_SUFFIXES and not _hidden(p, text)
         )
         where = f"{text}: no Parquet file in this directory"
+    elif not Path(text).exists():
+        raise FileError(f"{text}: no such file")
     else:
         return [Path(text)]
     if not found:
