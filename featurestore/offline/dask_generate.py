@@ -47,7 +47,7 @@ from featurestore.offline.compute import (
     output_frame,
 )
 from featurestore.offline.export import ExportedEvents
-from featurestore.offline.files import ROW_REQUIRED, FileError
+from featurestore.offline.files import ROW_REQUIRED, FileError, identifier_values
 from featurestore.offline.outputs import DatasetOutput, FileOutput, is_dataset_output, part_writer
 from featurestore.offline.rowsource import (
     RowPiece,
@@ -114,11 +114,22 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class KeyRows:
-    """Rows of one bucket from one piece: input position, entity id, as-of time."""
+    """Rows of one bucket from one piece: input position, entity id (as codes into its
+    distinct ids: a Python string is pickled once, not once a row), as-of time."""
 
     position: np.ndarray
-    entity_id: np.ndarray
+    codes: np.ndarray
+    uniques: np.ndarray
     as_of: np.ndarray
+
+    @classmethod
+    def of(cls, position: np.ndarray, entity_ids: np.ndarray, as_of: np.ndarray) -> KeyRows:
+        codes, uniques = pd.factorize(entity_ids)
+        return cls(position, codes.astype(np.int32), np.asarray(uniques, dtype=object), as_of)
+
+    @property
+    def entity_ids(self) -> np.ndarray:
+        return self.uniques[self.codes]
 
 
 @dataclass(frozen=True)
@@ -152,13 +163,15 @@ def split_piece(piece: RowPiece, job: Job) -> tuple:
     parts = []
     for b in range(job.buckets):
         rows = order[bounds[b] : bounds[b + 1]]
-        parts.append(KeyRows(position[rows], entity_ids[rows], times[rows]) if rows.size else None)
+        parts.append(
+            KeyRows.of(position[rows], entity_ids[rows], times[rows]) if rows.size else None
+        )
     return (SplitInfo(int(entity_ids.size), counts), *parts)
 
 
 def compute_bucket(job: Job, pieces: list[int], parts: list[KeyRows]) -> dict[int, RowResults]:
     """The features of one bucket's rows (from `pieces`, in that order), cut back by piece."""
-    entity_ids = np.concatenate([p.entity_id for p in parts])
+    entity_ids = np.concatenate([p.entity_ids for p in parts])
     as_of = np.concatenate([p.as_of for p in parts])
     source = job.events.open()
     try:
@@ -186,8 +199,8 @@ def write_piece(
     features = pd.concat([r.features for r in results], ignore_index=True).iloc[order]
     found = np.concatenate([r.found for r in results])[order]
     frames, start = [], 0
-    for offset, chunk in piece_chunks(piece, ROW_REQUIRED, job.chunk_rows):
-        entity_ids, _ = chunk_keys(Path(piece.path), chunk, offset)
+    for _, chunk in piece_chunks(piece, ROW_REQUIRED, job.chunk_rows):
+        entity_ids = identifier_values(chunk, "entity_id")  # checked by split_piece
         stop = start + len(chunk)
         frames.append(output_frame(chunk, entity_ids, features.iloc[start:stop], found[start:stop]))
         start = stop

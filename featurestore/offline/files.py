@@ -198,6 +198,15 @@ def check_identifiers(
         )
     if not materialize:
         return None
+    return _objects(array)
+
+
+def identifier_values(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The column as `check_identifiers` returns it, without the checks (rows checked before)."""
+    return _objects(_arrow_strings(frame[column]))
+
+
+def _objects(array: pa.Array) -> np.ndarray:
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)  # None for nulls
 
 

@@ -1,0 +1,159 @@
+"""Dask benchmark (issue 14, SPEC §16): rows/s of `generate --engine dask` with 1, 2 and 4
+worker processes next to the single-process engine, over the same 2,000,000-row job on the
+~2-million-event demo store, and the peak RSS of each worker.
+
+    python bench/dask_bench.py [--rows 2000000] [--entities 10000] [--work /tmp/fs-dask-bench]
+
+The floor is the single-process engine (`generate_file`, what `featurestore generate` runs,
+interpreter start excluded), measured in the same run. Each Dask run starts a new
+LocalCluster (not timed: `cluster start` is printed beside it), runs `generate_dask` on it
+from this process into a Parquet dataset (written by the workers, the cluster's own output)
+and asks each worker for its peak RSS (VmHWM). Every output is checked against the
+single-process one, row for row and bit for bit. Configurations alternate over `--rounds`
+rounds and each keeps its best round: the machine is shared, and other load only slows a run
+down. Writes bench/results/dask.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import END_MS, alternating, demo_store, report
+
+from featurestore.config import Settings
+from featurestore.offline.buckets import bucket_count
+from featurestore.offline.cluster import dask_client
+from featurestore.offline.compute import generate_file, select_features
+from featurestore.offline.dask_generate import StoreEvents, generate_dask
+from featurestore.offline.demo import entity_name
+from featurestore.store.sqlite import open_store
+
+WORKER_COUNTS = (1, 2, 4)
+DAY_MS = 86_400_000
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM: per address space, so not the peak of the process that
+    forked it, which `ru_maxrss` would report)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def make_rows(path: Path, rows: int, entities: int) -> Path:
+    """Random (entity, time) rows over the store's entities, like core_bench's job."""
+    if not path.exists():
+        rng = np.random.default_rng(3)
+        ids = np.array([entity_name(i) for i in range(entities)], dtype=object)
+        frame = pd.DataFrame(
+            {
+                "entity_id": ids[rng.integers(0, entities, rows)],
+                "timestamp": END_MS - rng.integers(0, 95 * DAY_MS, rows),
+            }
+        )
+        frame.to_parquet(path)
+    return path
+
+
+def single_process(data: Path, rows: Path, output: Path, names: list[str]) -> dict:
+    store = open_store(data)
+    try:
+        summary = generate_file(store, rows, output, version="v1", names=names)
+    finally:
+        store.close()
+    return {"rows_per_s": summary.rows / summary.seconds, "seconds": summary.seconds}
+
+
+def on_dask(data: Path, rows: Path, output: Path, names: list[str], workers: int) -> dict:
+    settings = Settings.from_env({"DATA_DIR": str(data)})
+    store = open_store(data)
+    events = store.counts()["events"]
+    store.close()
+    started = time.perf_counter()
+    with dask_client(None, workers) as client:
+        cluster_s = time.perf_counter() - started
+        summary = generate_dask(
+            client, StoreEvents(settings), events, rows, output, version="v1", names=names
+        )
+        peaks = sorted(client.run(peak_rss_bytes).values())
+    return {
+        "workers": workers,
+        "rows_per_s": summary.rows / summary.seconds,
+        "seconds": summary.seconds,
+        "cluster_start_s": cluster_s,
+        "peak_rss_per_worker_bytes": peaks,
+        "buckets": bucket_count(summary.rows, events, workers),
+    }
+
+
+def same_rows(expected: pd.DataFrame, output: Path) -> bool:
+    got = pd.read_parquet(output)
+    return got.shape == expected.shape and got.equals(expected)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--entities", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", default="/tmp/fs-dask-bench")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = demo_store(work, args.entities)
+    rows = make_rows(work / f"rows-{args.rows}.parquet", args.rows, args.entities)
+    names = select_features("v1", None)
+    floor_path = work / "single.parquet"
+    configs = ["process", *(f"dask-{n}" for n in WORKER_COUNTS)]
+    best: dict[str, dict] = {}
+    for _, config in alternating(configs, args.rounds):
+        if config == "process":
+            result = single_process(data, rows, floor_path, names)
+        else:
+            output = work / config
+            shutil.rmtree(output, ignore_errors=True)
+            result = on_dask(data, rows, output, names, int(config.split("-")[1]))
+        print(f"{config}: {result['rows_per_s']:,.0f} rows/s", flush=True)
+        if config not in best or result["rows_per_s"] > best[config]["rows_per_s"]:
+            best[config] = result
+    expected = pd.read_parquet(floor_path)
+    runs = [best[f"dask-{n}"] for n in WORKER_COUNTS]
+    for run in runs:
+        run["identical"] = same_rows(expected, work / f"dask-{run['workers']}")
+    floor = best["process"]
+    one = runs[0]["rows_per_s"]
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "single_process": floor,
+        "dask": runs,
+    }
+    lines = [
+        f"single process (floor): {floor['rows_per_s']:,.0f} rows/s "
+        f"({args.rows:,} rows in {floor['seconds']:.1f} s)"
+    ]
+    for run in runs:
+        peaks = ", ".join(f"{p / 2**20:,.0f}" for p in run["peak_rss_per_worker_bytes"])
+        lines.append(
+            f"dask {run['workers']} worker(s): {run['rows_per_s']:,.0f} rows/s "
+            f"= {run['rows_per_s'] / floor['rows_per_s']:.2f}x one process, "
+            f"{run['rows_per_s'] / one:.2f}x 1 worker | {run['seconds']:.1f} s "
+            f"(+{run['cluster_start_s']:.1f} s cluster start), {run['buckets']} buckets | "
+            f"peak RSS per worker {peaks} MiB | identical: {'yes' if run['identical'] else 'NO'}"
+        )
+    two = next(r for r in runs if r["workers"] == 2)["rows_per_s"]
+    lines.append(f"2 workers / 1 worker: {two / one:.2f}x (target >= 1.7x on 2 cores)")
+    report("dask", results, lines)
+
+
+if __name__ == "__main__":
+    main()
