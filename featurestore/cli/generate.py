@@ -10,10 +10,18 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featurestore.cli.common import CommandError, common_options, open_event_store, progress_bar
+from featurestore.cli.common import (
+    CommandError,
+    chosen_features,
+    common_options,
+    definitions_option,
+    open_event_store,
+    progress_bar,
+)
 from featurestore.config import Settings
 
 if TYPE_CHECKING:
+    from featurestore.definitions.model import FeatureSet
     from featurestore.offline.compute import EventSource, GenerateSummary
 
 ENGINE_PROCESS = "process"
@@ -40,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--version", default=None, help="feature version (default FEATURE_VERSION)")
     parser.add_argument("--features", default="", help="comma-separated names (default all)")
+    definitions_option(parser)
     parser.add_argument(
         "--events",
         default=None,
@@ -81,23 +90,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.offline.files import FileError, output_format
 
     _check_engine_options(args)
-    version = args.version or settings.feature_version
-    if version not in settings.versions:
-        raise CommandError(f"unknown version {version!r}; valid: {', '.join(settings.versions)}")
     requested = [n.strip() for n in args.features.split(",") if n.strip()]
     try:
-        names = select_features(version, requested)
-    except KeyError as exc:
-        raise CommandError(f"unknown feature(s) {exc.args[0]} in {version}") from None
-    try:
-        if Path(args.output).suffix:
-            output_format(args.output)
-        if args.engine == ENGINE_DASK:
-            summary = _run_dask(args, settings, version, names)
-        else:
-            summary = _run_process(args, settings, version, names)
-    except (FileError, ValueError) as exc:
+        source = _open_events(args, settings)
+    except FileError as exc:
         raise CommandError(str(exc)) from None
+    try:
+        features = chosen_features(args, settings, source)
+        try:
+            names = select_features(features, requested)
+        except KeyError as exc:
+            raise CommandError(f"unknown feature(s) {exc.args[0]} in {features.version}") from None
+        try:
+            if Path(args.output).suffix:
+                output_format(args.output)
+            if args.engine == ENGINE_DASK:
+                summary = _run_dask(args, settings, features, names, source)
+            else:
+                summary = _run_process(args, features, names, source)
+        except (FileError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        source.close()
     rate = summary.rows / summary.seconds if summary.seconds else float("inf")
     print(
         f"generate: {summary.rows} rows ({summary.found} with data) -> {args.output} "
@@ -123,12 +137,18 @@ def _check_engine_options(args: argparse.Namespace) -> None:
 
 
 def _open_events(args: argparse.Namespace, settings: Settings) -> EventSource:
-    """The event source: the export given by --events, else the store."""
-    if args.events is not None:
-        from featurestore.offline.export import ExportedEvents
+    """The event source: the export given by --events (whose fields must serve the served
+    definitions; a --definitions file is checked by `chosen_features`), else the store."""
+    if args.events is None:
+        return open_event_store(settings)
+    from featurestore.offline.export import ExportedEvents
+    from featurestore.store.layout import check_readable
 
-        return ExportedEvents(args.events)
-    return open_event_store(settings)
+    exported = ExportedEvents(args.events)
+    if not args.definitions:
+        defs = settings.definitions
+        check_readable(exported.layout, defs.schema, defs.source)
+    return exported
 
 
 def _total_rows(rows: str) -> int | None:
@@ -142,23 +162,23 @@ def _total_rows(rows: str) -> int | None:
 
 
 def _run_process(
-    args: argparse.Namespace, settings: Settings, version: str, names: list[str]
+    args: argparse.Namespace, features: FeatureSet, names: list[str], source: EventSource
 ) -> GenerateSummary:
     from featurestore.offline.compute import generate_file
 
     total = _total_rows(args.rows)
-    source = _open_events(args, settings)
-    try:
-        with progress_bar(total, "rows", "generate") as advance:
-            return generate_file(
-                source, args.rows, args.output, version=version, names=names, progress=advance
-            )
-    finally:
-        source.close()
+    with progress_bar(total, "rows", "generate") as advance:
+        return generate_file(
+            source, args.rows, args.output, version=features, names=names, progress=advance
+        )
 
 
 def _run_dask(
-    args: argparse.Namespace, settings: Settings, version: str, names: list[str]
+    args: argparse.Namespace,
+    settings: Settings,
+    features: FeatureSet,
+    names: list[str],
+    source: EventSource,
 ) -> GenerateSummary:
     try:
         from featurestore.offline.cluster import ClusterError, dask_client
@@ -169,15 +189,10 @@ def _run_dask(
             "python3 -m pip install 'featurestore[dask]'"
         ) from None
     total = _total_rows(args.rows)
-    source = _open_events(args, settings)  # checked here, before any cluster starts
-    try:
-        events_count = source.counts()["events"]
-    finally:
-        source.close()
     if args.events is not None:
         events = ExportEvents(str(Path(args.events).resolve()))
     else:
-        events = StoreEvents(_absolute_data_dir(settings))
+        events = StoreEvents(_absolute_paths(settings))
     try:
         with (
             dask_client(args.scheduler, args.workers or os.cpu_count() or 1) as client,
@@ -186,10 +201,10 @@ def _run_dask(
             return generate_dask(
                 client,
                 events,
-                events_count,
+                source.counts()["events"],
                 args.rows,
                 args.output,
-                version=version,
+                version=features,
                 names=names,
                 buckets=args.buckets,
                 progress=advance,
@@ -198,6 +213,8 @@ def _run_dask(
         raise CommandError(str(exc)) from None
 
 
-def _absolute_data_dir(settings: Settings) -> Settings:
-    """The settings with DATA_DIR absolute: workers may run in another directory."""
-    return dataclasses.replace(settings, data_dir=str(Path(settings.data_dir).resolve()))
+def _absolute_paths(settings: Settings) -> Settings:
+    """The settings with DATA_DIR and FEATURES_FILE absolute: workers may run elsewhere."""
+    data_dir = str(Path(settings.data_dir).resolve())
+    features_file = settings.features_file and str(Path(settings.features_file).resolve())
+    return dataclasses.replace(settings, data_dir=data_dir, features_file=features_file)

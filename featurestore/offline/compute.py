@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from featurestore.definitions.model import FeatureSet
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.offline.files import (
@@ -44,7 +45,7 @@ class EventSource(Protocol):
 
     def read(self, entity_ids: Sequence[str], as_of_ms: int | None = None) -> EventBatch: ...
 
-    def category_names(self) -> list[str]: ...
+    def label_names(self) -> dict[str, list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,15 @@ class GenerateSummary:
     seconds: float
 
 
-def select_features(version: str, names: list[str] | None) -> list[str]:
-    """The requested feature names (all when None/empty), checked against the registry."""
-    known = feature_set(version)
+def resolve_features(version: FeatureSet | str) -> FeatureSet:
+    """A loaded version as it is; a name: that version of the shipped file."""
+    return version if isinstance(version, FeatureSet) else feature_set(version)
+
+
+def select_features(version: FeatureSet | str, names: list[str] | None) -> list[str]:
+    """The requested feature names (all when None/empty), checked against the version (a
+    loaded one, or a name of the shipped file)."""
+    known = resolve_features(version)
     if not names:
         return known.names
     unknown = known.unknown(names)
@@ -69,14 +76,14 @@ def feature_frame(
     store: EventSource,
     entity_ids: np.ndarray,
     as_of_ms: np.ndarray,
-    version: str,
+    version: FeatureSet | str,
     names: list[str],
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Feature columns (in `names` order; int features as nullable Int64) and the found mask."""
+    features = resolve_features(version)
     codes, uniques = pd.factorize(entity_ids)
     batch = store.read(list(uniques))
-    matrix = compute(batch, codes, as_of_ms, version, store.category_names())
-    features = feature_set(version)
+    matrix = compute(batch, codes, as_of_ms, features, store.label_names())
     columns = features.index_of(names)
     int_mask = features.int_mask
     data = {}
@@ -116,7 +123,7 @@ def generate_file(
     rows_path: str | Path,
     output_path: str | Path,
     *,
-    version: str,
+    version: FeatureSet | str,
     names: list[str],
     progress: Callable[[int], None] | None = None,
     chunk_rows: int = GENERATE_CHUNK_ROWS,
@@ -124,17 +131,18 @@ def generate_file(
     """Write one feature vector per input row, in input order, to `output_path` (a file, or a
     Parquet dataset directory with one part per input file)."""
     started = time.perf_counter()
+    features = resolve_features(version)
     files = row_files(rows_path)
     rows = found = 0
-    output = open_output(output_path, {VERSION_METADATA_KEY: version})
+    output = open_output(output_path, {VERSION_METADATA_KEY: features.version})
     try:
         for index, source in enumerate(files):
             output.start_part(index)
             offset = 0
             for chunk in read_chunks(source, ROW_REQUIRED, chunk_rows=chunk_rows):
                 entity_ids, as_of = chunk_keys(source, chunk, offset)
-                features, hit = feature_frame(store, entity_ids, as_of, version, names)
-                output.write(output_frame(chunk, entity_ids, features, hit))
+                columns, hit = feature_frame(store, entity_ids, as_of, features, names)
+                output.write(output_frame(chunk, entity_ids, columns, hit))
                 offset += len(chunk)
                 found += int(hit.sum())
                 if progress is not None:
@@ -142,7 +150,8 @@ def generate_file(
             rows += offset
         if rows == 0:
             raise FileError(f"{rows_path}: no rows")
-        output.commit({"version": version, "rows": rows, "found": found, "parts": len(files)})
+        summary = {"version": features.version, "rows": rows, "found": found}
+        output.commit({**summary, "parts": len(files)})
     except BaseException:
         output.abort()
         raise

@@ -35,6 +35,7 @@ import pandas as pd
 from distributed import Client, Future, KilledWorker, wait
 
 from featurestore.config import Settings
+from featurestore.definitions.model import FeatureSet
 from featurestore.offline.buckets import bucket_count, bucket_of, check_bucket_count
 from featurestore.offline.cluster import ClusterError, worker_count
 from featurestore.offline.compute import (
@@ -45,6 +46,7 @@ from featurestore.offline.compute import (
     chunk_keys,
     feature_frame,
     output_frame,
+    resolve_features,
 )
 from featurestore.offline.export import ExportedEvents
 from featurestore.offline.files import ROW_REQUIRED, FileError, identifier_values
@@ -98,7 +100,7 @@ EventsSpec = StoreEvents | ExportEvents
 
 @dataclass(frozen=True)
 class Job:
-    version: str
+    features: FeatureSet
     names: list[str]
     buckets: int
     chunk_rows: int
@@ -175,7 +177,7 @@ def compute_bucket(job: Job, pieces: list[int], parts: list[KeyRows]) -> dict[in
     as_of = np.concatenate([p.as_of for p in parts])
     source = job.events.open()
     try:
-        features, found = feature_frame(source, entity_ids, as_of, job.version, job.names)
+        features, found = feature_frame(source, entity_ids, as_of, job.features, job.names)
     finally:
         source.close()
     out, start = {}, 0
@@ -206,7 +208,9 @@ def write_piece(
         start = stop
     if directory is None:
         return piece.rows, int(found.sum()), frames
-    writer = part_writer(Path(directory), piece.ordinal, {VERSION_METADATA_KEY: job.version})
+    writer = part_writer(
+        Path(directory), piece.ordinal, {VERSION_METADATA_KEY: job.features.version}
+    )
     with writer:
         for frame in frames:
             writer.write(frame)
@@ -221,7 +225,7 @@ def generate_dask(
     rows_path: str | Path,
     output_path: str | Path,
     *,
-    version: str,
+    version: FeatureSet | str,
     names: list[str],
     buckets: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -231,7 +235,8 @@ def generate_dask(
     """`generate_file` on the cluster of `client`; `events_count` sizes the buckets."""
     started = time.perf_counter()
     run = _Run(client, stall_timeout_s)
-    metadata = {VERSION_METADATA_KEY: version}
+    features = resolve_features(version)
+    metadata = {VERSION_METADATA_KEY: features.version}
     try:
         pieces, inputs = run.pieces(row_files(rows_path), chunk_rows)
         total = sum(p.rows for p in pieces)
@@ -239,7 +244,7 @@ def generate_dask(
             raise FileError(f"{rows_path}: no rows")
         workers = worker_count(client)
         n_buckets = check_bucket_count(buckets or bucket_count(total, events_count, workers))
-        job = Job(version, names, n_buckets, chunk_rows, events)
+        job = Job(features, names, n_buckets, chunk_rows, events)
         split = run.split(pieces, inputs, job)
         dataset = is_dataset_output(output_path)
         output = (DatasetOutput if dataset else FileOutput)(output_path, metadata)
@@ -248,7 +253,7 @@ def generate_dask(
             found = run.compute_and_write(
                 pieces, inputs, job, split, directory=directory, output=output, progress=progress
             )
-            summary = {"version": version, "rows": total, "found": found}
+            summary = {"version": features.version, "rows": total, "found": found}
             output.commit({**summary, "parts": len(pieces), "buckets": n_buckets})
         except BaseException:
             run.cancel()

@@ -1,12 +1,14 @@
 """An offline copy of the store's events: a Parquet dataset partitioned by entity bucket.
 
-    DIR/_export.json                     format, bucket count, columns, category labels, counts
+    DIR/_export.json                     format, bucket count, fields, labels of each
+                                         categorical field, counts
     DIR/bucket=00007/part-0.parquet      the events of bucket 7: entity_id, ts, seq, fields...
 
 Each entity's events are contiguous in its bucket's file and sorted by (ts, seq), as the store
 returns them. `write_export` streams the store bucket by bucket (memory: one read batch) into a
 temporary directory renamed into place when complete; `ExportedEvents` reads it back as an
-event source (`read`, `category_names`), loading only the partitions the asked ids hash to.
+event source (`read`, `label_names`, `layout`), loading only the partitions the asked ids
+hash to.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ import pyarrow.parquet as pq
 from featurestore.offline.buckets import bucket_of, check_bucket_count, export_bucket_count
 from featurestore.offline.eventcols import (
     ENTITY_COLUMN,
-    batch_from_arrays,
+    batch_of,
     batch_table,
     empty_columns,
-    event_columns,
+    fields_layout,
+    gather_batch,
+    layout_fields,
+    table_columns,
 )
 from featurestore.offline.files import FileError
 from featurestore.offline.outputs import check_replaceable, replace_dir, temporary_sibling
 from featurestore.store.base import EventStore
 from featurestore.store.batch import EventBatch
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: fields of the definitions, labels per categorical field
 META_FILE = "_export.json"
 EXPORT_READ_ENTITIES = 5_000  # entities per store read (one row group of a partition)
 
@@ -72,7 +77,7 @@ def write_export(
     check_replaceable(target, META_FILE, "an export of events")
     ids = np.asarray(store.entity_ids(), dtype=object)
     n_buckets = check_bucket_count(buckets or export_bucket_count(store.counts()["events"]))
-    categories = store.category_names()
+    labels = store.label_names()
     owner = bucket_of(ids, n_buckets) if ids.size else np.zeros(0, dtype=np.int64)
     temporary = temporary_sibling(target)
     temporary.mkdir(parents=True)
@@ -84,8 +89,8 @@ def write_export(
         meta = {
             "format": EXPORT_FORMAT,
             "buckets": n_buckets,
-            "columns": [ENTITY_COLUMN, *event_columns()],
-            "categories": categories,
+            "fields": layout_fields(store.layout),
+            "labels": labels,
             "entities": int(ids.size),
             "events": int(sum(events_per_bucket)),
             "events_per_bucket": events_per_bucket,
@@ -113,7 +118,8 @@ def _write_bucket(
     writer: pq.ParquetWriter | None = None
     try:
         for start in range(0, ids.size, EXPORT_READ_ENTITIES):
-            table = batch_table(store.read(list(ids[start : start + EXPORT_READ_ENTITIES])))
+            batch = store.read(list(ids[start : start + EXPORT_READ_ENTITIES]))
+            table = batch_table(batch, store.layout)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
@@ -128,16 +134,18 @@ def _write_bucket(
 
 # ----------------------------------------------------------------------------- reading
 class ExportedEvents:
-    """An export as a read-only event source: `read(entity_ids)` and `category_names()`."""
+    """An export as a read-only event source: `read(entity_ids)`, `label_names()` and the
+    `layout` of its fields (as a store has them)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.root = Path(directory)
         self.meta = read_meta(self.root)
         self.buckets = int(self.meta["buckets"])
+        self.layout = fields_layout(self.meta["fields"])
         self._tables: dict[int, pa.Table] = {}
 
-    def category_names(self) -> list[str]:
-        return list(self.meta["categories"])
+    def label_names(self) -> dict[str, list[str]]:
+        return {field: list(names) for field, names in self.meta["labels"].items()}
 
     def counts(self) -> dict[str, int]:
         return {"entities": self.meta["entities"], "events": self.meta["events"]}
@@ -167,7 +175,7 @@ class ExportedEvents:
 
     def _load(self, bucket: int) -> pa.Table:
         expected = int(self.meta["events_per_bucket"][bucket])
-        columns = list(self.meta["columns"])
+        columns = table_columns(self.layout)
         path = partition_file(self.root, bucket)
         try:
             table = pq.read_table(path, columns=columns)
@@ -178,17 +186,17 @@ class ExportedEvents:
         return table
 
     def _batch(self, wanted: pd.Index, parts: list[pa.Table]) -> EventBatch:
-        names = event_columns()
+        names = table_columns(self.layout)[1:]
         if not parts:
             offsets = np.zeros(len(wanted) + 1, np.int64)
-            return batch_from_arrays(list(wanted), offsets, empty_columns())
+            return batch_of(list(wanted), offsets, empty_columns(self.layout), self.layout)
         table = pa.concat_tables(parts)
         owner = wanted.get_indexer(table[ENTITY_COLUMN].to_numpy(zero_copy_only=False))
         order = np.argsort(owner, kind="stable")  # keeps each entity's (ts, seq) order
         offsets = np.zeros(len(wanted) + 1, dtype=np.int64)
         np.cumsum(np.bincount(owner, minlength=len(wanted)), out=offsets[1:])
         columns = {n: np.ascontiguousarray(table[n].to_numpy()[order]) for n in names}
-        return batch_from_arrays(list(wanted), offsets, columns)
+        return batch_of(list(wanted), offsets, columns, self.layout)
 
     def close(self) -> None:
         self._tables.clear()
@@ -201,8 +209,7 @@ def _expand(batch: EventBatch, wanted: pd.Index, entity_ids: Sequence[str]) -> E
     offsets = np.zeros(len(which) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    columns = {n: getattr(batch, n)[index] for n in event_columns()}
-    return batch_from_arrays(list(entity_ids), offsets, columns)
+    return gather_batch(batch, index, list(entity_ids), offsets)
 
 
 def read_meta(root: Path) -> dict:
@@ -215,10 +222,8 @@ def read_meta(root: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise FileError(f"{root}: not an export of events ({META_FILE}: {exc})") from None
     if meta.get("format") != EXPORT_FORMAT:
-        raise FileError(f"{root}: export format {meta.get('format')!r}; this version reads 1")
-    if meta.get("columns") != [ENTITY_COLUMN, *event_columns()]:
         raise FileError(
-            f"{root}: the export has columns {meta.get('columns')}; this version needs "
-            f"{[ENTITY_COLUMN, *event_columns()]}"
+            f"{root}: export format {meta.get('format')!r}; this version reads {EXPORT_FORMAT} "
+            "(export the events again)"
         )
     return meta

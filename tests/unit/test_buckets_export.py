@@ -19,7 +19,6 @@ from featurestore.offline.buckets import (
     check_bucket_count,
     export_bucket_count,
 )
-from featurestore.offline.eventcols import event_columns
 from featurestore.offline.export import ExportedEvents, partition_file, write_export
 from featurestore.offline.files import ROW_REQUIRED, FileError, read_chunks
 from featurestore.offline.rowsource import parquet_pieces, piece_chunks, row_files
@@ -84,12 +83,19 @@ def test_an_export_reads_back_as_the_store_reads(store_dir: Path, tmp_path: Path
         expected = store.read(asked)
         exported = ExportedEvents(tmp_path / "export")
         got = exported.read(asked)
-        assert exported.category_names() == store.category_names()
+        assert exported.label_names() == store.label_names()
         assert got.entity_ids == expected.entity_ids
         assert np.array_equal(got.offsets, expected.offsets)
-        for name in event_columns():
-            assert getattr(got, name).dtype == getattr(expected, name).dtype
+        for name in ("ts", "seq"):
             assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+        for got_columns, expected_columns in (
+            (got.numeric, expected.numeric),
+            (got.labels, expected.labels),
+        ):
+            assert list(got_columns) == list(expected_columns)
+            for name, column in expected_columns.items():
+                assert got_columns[name].dtype == column.dtype
+                assert np.array_equal(got_columns[name], column, equal_nan=column.dtype.kind == "f")
         as_of = T0 + 20 * 3_600_000
         assert np.array_equal(exported.read(asked, as_of).ts, store.read(asked, as_of).ts)
         # a second export replaces the first
