@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featurestore.definitions import load_definitions
 from featurestore.offline.dask_generate import StoreEvents
 from featurestore.store.columns import EventColumns
 from featurestore.store.sqlite import open_store
@@ -29,10 +30,13 @@ def entity(i: int) -> str:
     return f"acct-{i:04d}"
 
 
-def make_random_store(data_dir: Path, seed: int, entities: int) -> list[str]:
+def make_random_store(
+    data_dir: Path, seed: int, entities: int, definitions: Path | None = None
+) -> list[str]:
     """Entities with 1..80 events (some exactly one, some with one constant value, many equal
     timestamps, some without category); every third id of the range has no event at all.
-    Returns the ids that have events."""
+    With `definitions`, the store has its fields, and events an optional `amount` (numeric)
+    and `merchant` (categorical), each missing now and then. Returns the ids with events."""
     rng = np.random.default_rng(seed)
     ids, ts, values, cats = [], [], [], []
     for i in range(entities):
@@ -47,11 +51,22 @@ def make_random_store(data_dir: Path, seed: int, entities: int) -> list[str]:
         ts += times.tolist()
         values += value.tolist()
         cats += list(cat)
-    store = open_store(data_dir)
+    extra: dict[str, dict] = {"numeric": {}, "categorical": {}}
+    schema = {}
+    if definitions is not None:
+        defs = load_definitions(definitions)
+        schema = {"schema": defs.schema, "schema_source": defs.source}
+        n = len(ids)
+        amount = np.round(rng.lognormal(3, 1, n), 2)
+        amount[rng.random(n) < 0.2] = np.nan
+        merchant = rng.choice(["food", "travel", "fuel", None], n, p=[0.4, 0.2, 0.2, 0.2])
+        extra = {"numeric": {"amount": amount}, "categorical": {"merchant": list(merchant)}}
+    store = open_store(data_dir, **schema)
     try:
-        store.ingest(
-            EventColumns(ids, np.array(ts, np.int64), np.array(values), cats, [None] * len(ids))
+        columns = EventColumns(
+            ids, np.array(ts, np.int64), np.array(values), cats, [None] * len(ids), **extra
         )
+        store.ingest(columns)
     finally:
         store.close()
     return sorted(set(ids))

@@ -81,10 +81,12 @@ def rows_dataset(tmp_path_factory: pytest.TempPathFactory, rows: pd.DataFrame) -
 def run(capsys, monkeypatch):
     """`featurestore ARGS` through the console script's `main()`, in this process."""
 
-    def invoke(*args: object) -> tuple[int, str, str]:
+    def invoke(*args: object, env: dict[str, str] | None = None) -> tuple[int, str, str]:
         with monkeypatch.context() as patch:
             for name in VARIABLES:
                 patch.delenv(name, raising=False)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
             capsys.readouterr()
             try:
                 code = cli_main([str(a) for a in args])
@@ -408,3 +410,86 @@ def test_bad_arguments_are_one_clear_message_each(
     code, _, err = run("generate", rows_file, "-o", out, *dask, "--buckets", "6", "--workers", "1")
     assert code == EXIT_FAILURE and "power of two" in err
     assert not out.exists()
+
+
+PAYMENTS = """
+[fields.value]
+kind = "numeric"
+required = true
+
+[fields.category]
+kind = "categorical"
+
+[fields.amount]
+kind = "numeric"
+
+[fields.merchant]
+kind = "categorical"
+
+[versions.pay1]
+[[versions.pay1.features]]
+name = "food_count_7d"
+op = "count"
+window = "7d"
+where = { merchant = "food" }
+
+[[versions.pay1.features]]
+name = "amount_mean_30d"
+op = "mean"
+field = "amount"
+window = "30d"
+
+[[versions.pay1.features]]
+name = "amount_decayed"
+op = "decayed_sum"
+field = "amount"
+half_life = "3d"
+
+[[versions.pay1.features]]
+name = "last_merchant"
+op = "last_label"
+field = "merchant"
+
+[[versions.pay1.features]]
+name = "merchants"
+op = "distinct_count"
+field = "merchant"
+"""
+
+
+def test_declared_fields_from_the_store_and_an_export_are_exact(
+    client, rows_file: Path, run, tmp_path: Path
+) -> None:
+    # Given a store of events with two more fields than the default (some events lack them)
+    definitions = tmp_path / "payments.toml"
+    definitions.write_text(PAYMENTS)
+    env = {"FEATURES_FILE": str(definitions)}
+    data = tmp_path / "data"
+    make_random_store(data, seed=8, entities=ENTITIES, definitions=definitions)
+    common = ("--data-dir", data, "--version", "pay1")
+    code, _, err = run("generate", rows_file, "-o", tmp_path / "one.parquet", *common, env=env)
+    assert code == 0, err
+    expected = (tmp_path / "one.parquet").read_bytes()
+    frame = pd.read_parquet(tmp_path / "one.parquet")
+    assert frame["amount_mean_30d"].notna().any() and frame["food_count_7d"].gt(0).any()
+    # When the cluster reads the store, or an export of it
+    dask = ("--engine", "dask", "--scheduler", client.scheduler.address, "--buckets", "8")
+    code, _, err = run("generate", rows_file, "-o", tmp_path / "a.parquet", *common, *dask, env=env)
+    assert code == 0, err
+    code, _, err = run("export", "events", "-o", tmp_path / "events", "--data-dir", data, env=env)
+    assert code == 0, err
+    code, _, err = run(
+        "generate",
+        rows_file,
+        "-o",
+        tmp_path / "b.parquet",
+        *common,
+        *dask,
+        "--events",
+        tmp_path / "events",
+        env=env,
+    )
+    assert code == 0, err
+    # Then both are the single-process file
+    assert (tmp_path / "a.parquet").read_bytes() == expected
+    assert (tmp_path / "b.parquet").read_bytes() == expected
