@@ -31,7 +31,8 @@ from featurestore.config import Settings
 from featurestore.offline.buckets import bucket_count
 from featurestore.offline.cluster import dask_client
 from featurestore.offline.compute import generate_file, select_features
-from featurestore.offline.dask_generate import StoreEvents, generate_dask
+from featurestore.offline.dask_generate import generate_dask
+from featurestore.offline.dask_tasks import StoreEvents
 from featurestore.offline.demo import entity_name
 from featurestore.store.sqlite import open_store
 

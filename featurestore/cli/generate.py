@@ -182,7 +182,8 @@ def _run_dask(
 ) -> GenerateSummary:
     try:
         from featurestore.offline.cluster import ClusterError, dask_client
-        from featurestore.offline.dask_generate import ExportEvents, StoreEvents, generate_dask
+        from featurestore.offline.dask_generate import generate_dask
+        from featurestore.offline.dask_tasks import ExportEvents, StoreEvents
     except ImportError as exc:
         raise CommandError(
             f"--engine dask needs Dask ({exc.name} is missing): "

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from featurestore.definitions import load_definitions
-from featurestore.offline.dask_generate import StoreEvents
+from featurestore.offline.dask_tasks import StoreEvents
 from featurestore.store.columns import EventColumns
 from featurestore.store.sqlite import open_store
 

@@ -26,7 +26,8 @@ from featurestore.config import VARIABLES, Settings
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_USAGE
 from featurestore.offline.cluster import dask_client
 from featurestore.offline.compute import generate_file, select_features
-from featurestore.offline.dask_generate import StoreEvents, generate_dask
+from featurestore.offline.dask_generate import generate_dask
+from featurestore.offline.dask_tasks import StoreEvents
 from featurestore.offline.export import partition_file
 from featurestore.store.sqlite import open_store
 
