@@ -200,8 +200,11 @@ class FeatureContext:
             labels = self.batch.labels[c.field][rows]
             names = self.label_names.get(c.field, [])
             wanted = (c.value,) if c.op in ("eq", "ne") else c.value
-            codes = np.array(label_codes(names, wanted), dtype=np.int32)
-            member = np.isin(labels, codes)
+            codes = label_codes(names, wanted)
+            if len(codes) == 1:
+                member = labels == codes[0]
+            else:
+                member = np.isin(labels, np.array(codes, dtype=np.int32))
             present = labels != NO_LABEL
             return member if c.op in ("eq", "in") else present & ~member
         x = self.batch.numeric[c.field][rows]
