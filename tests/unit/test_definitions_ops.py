@@ -189,6 +189,21 @@ def mismatches(plan: Plan, feature_set, row: np.ndarray, found: bool, reference)
     return problems
 
 
+def test_comparison_detects_differences():
+    assert mismatch("f", 1.0, Expected(1.0), "float") is None
+    assert mismatch("f", 1.0 + 1e-8, Expected(1.0), "float")
+    assert mismatch("f", 1e-10, Expected(0.0), "float") is None  # within absolute 1e-9
+    assert mismatch("f", 1e-10, Expected(0.0, decided=True), "float")  # but 0 is decided
+    assert mismatch("f", 0.0, Expected(1e-300, decided=True), "float")
+    assert mismatch("f", math.nan, Expected(0.0), "float")
+    assert mismatch("f", 0.0, Expected(None), "float")
+    assert mismatch("f", math.nan, Expected(None), "float") is None
+    assert mismatch("f", 3.0, Expected(4), "int")  # integers exactly
+    assert mismatch("f", 0.1 + 2**-55, Expected(0.1, exact=True), "float")
+    assert mismatch("f", 1.5, Expected(1.0, error_scale=1e12), "float") is None
+    assert mismatch("f", 1.5, Expected(1.0, error_scale=1e11), "float")
+
+
 # --- random schemas and versions -----------------------------------------------------------------
 
 FIELD_NAMES = ["amount", "tip", "duration_s", "x", "score_2", "n" * 64, "merchant", "channel"]
@@ -280,8 +295,8 @@ def wheres(draw, world: World) -> dict:
 
 
 @st.composite
-def aggregations(draw, world: World) -> dict:
-    op = draw(st.sampled_from(AGGREGATION_OPS))
+def aggregations(draw, world: World, op: str | None = None) -> dict:
+    op = op or draw(st.sampled_from(AGGREGATION_OPS))
     table: dict = {"op": op}
     if op == "count":
         field = draw(st.sampled_from([None, *world.fields]))
@@ -302,29 +317,28 @@ def aggregations(draw, world: World) -> dict:
         )
     if op.startswith("decayed_"):
         table["half_life"] = draw(st.sampled_from(HALF_LIVES))
-    window = draw(st.sampled_from([None, "all", *DURATIONS]))
+    window = draw(st.sampled_from([None, "all", *DURATIONS, None, "30d", "all"]))
     if window is not None:
         table["window"] = window
-    where = draw(st.one_of(st.just({}), wheres(world)))
+    where = draw(st.one_of(st.just({}), st.just({}), wheres(world)))
     if where:
         table["where"] = where
     return table
 
 
+LAST_EVENT_OPS = [
+    "last_value",
+    "last_label",
+    "is_business_hours",
+    "time_since_last",
+    "time_since_first",
+    *PLAIN_LAST_EVENT_OPS,
+]
+
+
 @st.composite
-def last_event_attributes(draw, world: World) -> dict:
-    op = draw(
-        st.sampled_from(
-            [
-                "last_value",
-                "last_label",
-                "is_business_hours",
-                "time_since_last",
-                "time_since_first",
-                *PLAIN_LAST_EVENT_OPS,
-            ]
-        )
-    )
+def last_event_attributes(draw, world: World, op: str | None = None) -> dict:
+    op = op or draw(st.sampled_from(LAST_EVENT_OPS))
     table: dict = {"op": op}
     if op == "last_value":
         table["field"] = draw(st.sampled_from(world.numeric))
@@ -372,17 +386,18 @@ def expression_text(draw, names: list[str], depth: int = 0) -> str:
 
 @st.composite
 def versions(draw, world: World, max_features: int = 10) -> list[dict]:
+    """Features of every kind. The ops are chosen by a seeded generator, so that every op
+    comes up about equally often (hypothesis likes to repeat one choice across a case)."""
     n = draw(st.integers(1, max_features))
+    choose = random.Random(draw(st.integers(0, 2**32 - 1))).choice
     features: list[dict] = []
     for i in range(n):
-        kinds = ["aggregation", "aggregation", "aggregation", "last", "hash"]
-        if features:
-            kinds.append("expr")
-        kind = draw(st.sampled_from(kinds))
-        if kind == "aggregation":
-            table = draw(aggregations(world))
-        elif kind == "last":
-            table = draw(last_event_attributes(world))
+        kinds = [*AGGREGATION_OPS, *AGGREGATION_OPS, *LAST_EVENT_OPS, "hash", "hash"]
+        kind = choose([*kinds, "expr", "expr", "expr", "expr"] if features else kinds)
+        if kind in AGGREGATION_OPS:
+            table = draw(aggregations(world, kind))
+        elif kind in LAST_EVENT_OPS:
+            table = draw(last_event_attributes(world, kind))
         elif kind == "hash":
             table = draw(hashes(world))
         else:
@@ -420,7 +435,7 @@ def histories(draw, world: World, features: list[dict], as_of: int) -> list[Even
     events after T, recurring (constant) values, missing optional fields."""
     edges = _edges(features)
     offset = st.one_of(
-        st.sampled_from([0, 0, -1, 1, DAY]),
+        st.sampled_from([0, 0, -1, -1, 1, DAY]),
         st.sampled_from(edges),
         st.builds(
             lambda d, h: -d * DAY - h * HOUR,
@@ -430,7 +445,7 @@ def histories(draw, world: World, features: list[dict], as_of: int) -> list[Even
     )
     scale = draw(SCALES)
     pools = {name: draw(st.lists(VALUES, min_size=1, max_size=3)) for name in world.numeric}
-    n = draw(st.sampled_from([0, 1, 2, 3, 5, 8, 20, 40]))
+    n = draw(st.sampled_from([1, 2, 3, 5, 8, 1, 2, 20, 40, 0]))
     events: list[Event] = []
     for seq in range(n):
         if events and draw(st.integers(0, 4)) == 0:
@@ -1183,3 +1198,141 @@ def test_engine_on_the_shipped_file_matches_reference(case):
         row, found = engine_row(SHIPPED_WORLD, fs, entity_id, events, as_of)
         problems = mismatches(plan, fs, row, found, reference)
         assert not problems, (version, events, as_of, problems)
+
+
+# --- edge cases of the readings of DEFINITIONS.md ----------------------------------------------
+
+
+def test_ops_of_the_last_event_use_the_entitys_last_event_even_when_filtered_out():
+    """frequency, percentile_rank and zscore compare with the last event (the entity's final
+    event <= T), whether or not it passes the feature's `where`."""
+    got = served(
+        [
+            {"name": "freq", "op": "frequency", "field": "merchant", "where": {"channel": "web"}},
+            {
+                "name": "freq_bar",
+                "op": "frequency",
+                "field": "merchant",
+                "where": {"merchant": "bar"},
+            },
+            {
+                "name": "rank",
+                "op": "percentile_rank",
+                "field": "amount",
+                "where": {"amount": {"lt": 35}},
+            },
+            {"name": "z", "op": "zscore", "field": "amount", "where": {"amount": {"lt": 35}}},
+        ]
+    )
+    # web events: travel, food, (none): 1 of 3 has the last event's merchant (food)
+    assert got["freq"] == pytest.approx(1 / 3, rel=1e-15)
+    assert got["freq_bar"] == 0.0  # the one bar event is not food
+    assert got["rank"] == 1.0  # 50 against 10 20 30
+    assert got["z"] == pytest.approx((50 - 20) / 10, rel=1e-12)  # mean 20, std 10
+
+
+def test_frequency_without_any_value_of_the_field_in_the_window_is_null():
+    """X is empty (no matching event has a merchant) although the last event has one."""
+    rows = [(-3 * HOUR, 1.0, None, None, "web"), (-HOUR, 2.0, None, "food", "app")]
+    got = served(
+        [{"name": "f", "op": "frequency", "field": "merchant", "where": {"channel": "web"}}], rows
+    )
+    assert got == {"f": None}
+
+
+def test_decayed_mean_of_events_many_half_lives_old():
+    """Every weight 2^(-age/h) underflows float64, their ratios do not."""
+    rows = [(-10 * DAY, 1.0, None, None, None), (-10 * DAY + 1000, 3.0, None, None, None)]
+    got = served(
+        [
+            {"name": "m", "op": "decayed_mean", "field": "amount", "half_life": "1s"},
+            {"name": "s", "op": "decayed_sum", "field": "amount", "half_life": "1s"},
+        ],
+        rows,
+    )
+    assert got["m"] == pytest.approx((1 * 0.5 + 3 * 1) / 1.5, rel=1e-12)
+    assert got["s"] == pytest.approx(0.0, abs=1e-300)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e150, 1e200])
+def test_numeric_ops_at_tiny_and_huge_magnitudes(scale):
+    rows = [
+        (-k * HOUR, x * scale, x, None, None)
+        for k, x in zip((4, 3, 2, 1), (1.0, 2.0, 2.0, 5.0), strict=True)
+    ]
+    ops = [op for op in NUMERIC_OPS if op not in ("quantile", "decayed_sum", "decayed_mean")]
+    features = [{"name": op, "op": op, "field": "amount"} for op in ops]
+    features += [
+        {"name": "q", "op": "quantile", "field": "amount", "q": 0.3},
+        {"name": "ds", "op": "decayed_sum", "field": "amount", "half_life": "2h"},
+        {"name": "dm", "op": "decayed_mean", "field": "amount", "half_life": "2h"},
+        {"name": "ratio", "expr": "std / mean"},
+    ]
+    got = served(features, rows)
+    assert got["mean"] == pytest.approx(2.5 * scale, rel=1e-12)
+    assert got["std"] == pytest.approx(math.sqrt(3) * scale, rel=1e-12)
+    assert got["ratio"] == pytest.approx(math.sqrt(3) / 2.5, rel=1e-12)
+    if scale == 1e200:
+        assert got["var"] is None  # 3e400 is beyond float64
+    else:
+        assert got["var"] == pytest.approx(3 * scale**2, rel=1e-12)
+
+
+def test_sums_beyond_float64_are_null_and_equal_huge_values_have_their_mean():
+    rows = [(-2 * HOUR, 1e308, None, None, None), (-HOUR, 1e308, None, None, None)]
+    got = served(
+        [
+            {"name": "s", "op": "sum", "field": "amount"},
+            {"name": "m", "op": "mean", "field": "amount"},
+            {"name": "dm", "op": "decayed_mean", "field": "amount", "half_life": "1h"},
+        ],
+        rows,
+    )
+    assert got == {"s": None, "m": 1e308, "dm": 1e308}
+
+
+def test_zero_is_decided_exactly_under_cancellation():
+    rows = [
+        (-4 * HOUR, 1e6, None, None, None),
+        (-3 * HOUR, 0.1, None, None, None),
+        (-2 * HOUR, -1e6, None, None, None),
+        (-HOUR, -0.1, None, None, None),
+    ]
+    got = served(
+        [
+            {"name": "s", "op": "sum", "field": "amount"},
+            {"name": "m", "op": "mean", "field": "amount"},
+            {"name": "last", "op": "last_value", "field": "amount"},
+            {"name": "ratio", "expr": "last / m"},
+            {"name": "ratio_sum", "expr": "last / s"},
+        ],
+        rows,
+    )
+    assert got == {"s": 0.0, "m": 0.0, "last": -0.1, "ratio": None, "ratio_sum": None}
+    # 0.1 + 0.2 - 0.3 is not 0 in binary: nothing is null, and the ratio is huge
+    rows = [(-k * HOUR, x, None, None, None) for k, x in ((3, 0.1), (2, 0.2), (1, -0.3))]
+    got = served(
+        [
+            {"name": "m", "op": "mean", "field": "amount"},
+            {"name": "last", "op": "last_value", "field": "amount"},
+            {"name": "ratio", "expr": "last / m"},
+        ],
+        rows,
+    )
+    assert 0 < got["m"] < 1e-16
+    assert got["ratio"] < -1e15
+
+
+def test_quantile_positions_on_and_between_ranks():
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]  # sorted 1 1 2 3 4 5 6 9
+    rows = [(-(10 - i) * HOUR, x, None, None, None) for i, x in enumerate(values)]
+    qs = {"a": 0.0, "b": 1 / 7, "c": 0.5, "d": 0.29, "e": 0.999, "f": 1.0}
+    got = served(
+        [{"name": k, "op": "quantile", "field": "amount", "q": q} for k, q in qs.items()], rows
+    )
+    assert got["a"] == 1.0
+    assert got["b"] == pytest.approx(1.0, rel=1e-12)  # position 1
+    assert got["c"] == 3.5  # between 3 and 4
+    assert got["d"] == pytest.approx(2 + 0.03 * 1, rel=1e-12)  # position 2.03: 2 + 0.03 (3 - 2)
+    assert got["e"] == pytest.approx(6 + 0.993 * 3, rel=1e-12)  # position 6.993
+    assert got["f"] == 9.0
