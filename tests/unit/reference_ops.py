@@ -11,7 +11,12 @@ Exactness conventions (SPEC §4, "Numbers"):
   std = 0 iff all values are equal, MAD = 0 iff more than half equal the median, a mean of
   equal values is that value, a sum is 0 iff its exact value is;
 - decayed weights 2^(-(T - t)/h) are irrational: they are computed in 50-digit decimal
-  arithmetic, and the error any float64 engine must make is reported as `error_scale`;
+  arithmetic, and the error any float64 engine must make (1e-12 of Σ|x·w|) is reported as an
+  `allowance`; NumPy's linear interpolation is a float64 formula, a few ulps of the data off
+  the exact interpolation: quantile and iqr allow 4 and 8 ulps of max |x|;
+- the median a MAD is centred on, and the quantiles an iqr subtracts, are the (rounded)
+  median and quantile values, as in SPEC §4 (value_iqr = value_q75 - value_q25) and in
+  `reference_features.py`;
 - a value beyond float64 is null.
 
 An event is `Event(ts_ms, seq, fields)`: `fields` maps a declared field to a float (numeric),
@@ -65,7 +70,7 @@ class Expected:
     value: Scalar
     exact: bool = False  # ints, selections of a value, means of equal values: bit for bit
     decided: bool = False  # zero-ness decided exactly (std = 0 iff all equal, ...)
-    error_scale: float = 0.0  # an error inherent to the definition (irrational weights)
+    allowance: float = 0.0  # an absolute error inherent to the definition (see above)
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,8 @@ def exact_quantile(xs: Sequence[float], q: float) -> Fraction:
 
 
 def exact_mad(xs: Sequence[float]) -> Fraction:
-    centre = exact_median([Fraction(x) for x in xs])
+    """median |x - m| exactly, m the median rounded to float64 (the median's value)."""
+    centre = Fraction(float(exact_median([Fraction(x) for x in xs])))
     return exact_median([abs(Fraction(x) - centre) for x in xs])
 
 
@@ -341,16 +347,23 @@ def op_median(sel: Scope) -> Expected:
     return Expected(to_float(exact_median([Fraction(x) for x in xs])) if xs else None)
 
 
+def _ulps(xs: Sequence[float], k: int) -> float:
+    return k * math.ulp(max(abs(x) for x in xs))
+
+
 def op_quantile(sel: Scope) -> Expected:
     xs = sel.values
-    return Expected(to_float(exact_quantile(xs, sel.feature["q"])) if xs else None)
+    if not xs:
+        return Expected(None)
+    return Expected(to_float(exact_quantile(xs, sel.feature["q"])), allowance=_ulps(xs, 4))
 
 
 def op_iqr(sel: Scope) -> Expected:
     xs = sel.values
     if not xs:
         return Expected(None)
-    return Expected(to_float(exact_quantile(xs, 0.75) - exact_quantile(xs, 0.25)))
+    high, low = to_float(exact_quantile(xs, 0.75)), to_float(exact_quantile(xs, 0.25))
+    return Expected(high - low, allowance=_ulps(xs, 8))
 
 
 def op_mad(sel: Scope) -> Expected:
@@ -415,7 +428,7 @@ def op_decayed_sum(sel: Scope) -> Expected:
         ctx.prec, ctx.Emin, ctx.Emax = DECIMAL_DIGITS, -(10**9), 10**9
         total = sum((x * w for x, w in zip(xs, weights, strict=True)), Decimal(0))
         scale = sum((abs(x) * w for x, w in zip(xs, weights, strict=True)), Decimal(0))
-    return Expected(to_float(total), error_scale=to_float(scale) or 0.0)
+    return Expected(to_float(total), allowance=1e-12 * (to_float(scale) or 0.0))
 
 
 def op_decayed_mean(sel: Scope) -> Expected:
@@ -429,7 +442,8 @@ def op_decayed_mean(sel: Scope) -> Expected:
         mass = sum(weights, Decimal(0))
         total = sum((x * w for x, w in zip(xs, weights, strict=True)), Decimal(0))
         scale = sum((abs(x) * w for x, w in zip(xs, weights, strict=True)), Decimal(0))
-        return Expected(to_float(total / mass), error_scale=to_float(scale / mass) or 0.0)
+        allowance = 1e-12 * (to_float(scale / mass) or 0.0)
+        return Expected(to_float(total / mass), allowance=allowance)
 
 
 AGGREGATIONS: dict[str, Callable[..., Expected]] = {
