@@ -75,6 +75,10 @@ def _invalid_values(name: str, var: config._Var) -> list[str]:
         bad += ["bogus", var.choices[0].lower() + "x", var.choices[0] + " x"]
     if name == "CACHE_NAME":
         bad += ["a/b", "x" * 201, "naïve", "tab\there"]
+    if name == "FEATURE_VERSION":  # not a version of the (shipped) definitions file
+        bad += ["bogus", "V1", "v1 x"]
+    if name == "FEATURES_FILE":  # no such file
+        bad += ["/nonexistent/features.toml"]
     return bad
 
 

@@ -554,7 +554,12 @@ def test_two_processes_ingest_at_once_and_store_everything_exactly_once(tmp_path
         assert set(names) == expected_names
         conn = sqlite3.connect(data_dir / DB_FILENAME)
         try:
-            labels = [r[0] for r in conn.execute("SELECT label FROM categories ORDER BY label")]
+            labels = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT label FROM labels WHERE field = 'category' ORDER BY label"
+                )
+            ]
         finally:
             conn.close()
         assert labels == list(range(len(expected_names)))
