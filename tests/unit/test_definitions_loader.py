@@ -127,6 +127,27 @@ def test_a_small_file_with_every_kind_of_feature_loads():
     }
 
 
+def test_declared_kind_and_type_are_kept():
+    text = text_of(
+        {"name": "n", "op": "count", "kind": "categorical"},
+        {"name": "m", "op": "max", "field": "amount", "type": "int"},
+        {"name": "h", "op": "hash", "kind": "numeric", "type": "float"},
+    )
+    fs = parse_definitions(text).versions["pay1"]
+    assert [(f.kind, f.type) for f in fs.features] == [
+        ("categorical", "int"),
+        ("numeric", "int"),
+        ("numeric", "float"),
+    ]
+
+
+def test_a_categorical_field_is_always_optional():
+    fields = {**FIELDS, "merchant": {"kind": "categorical", "required": True}}
+    fault(text_of(GOOD, fields=fields), "merchant", "required")
+    fields = {**FIELDS, "merchant": {"kind": "categorical", "required": False}}
+    assert parse_definitions(text_of(GOOD, fields=fields)).schema.fields[2].required is False
+
+
 def test_load_definitions_names_the_path(tmp_path):
     path = tmp_path / "payments.toml"
     path.write_text(text_of({"name": "f", "op": "count", "window": "7 days"}), encoding="utf-8")
