@@ -429,7 +429,7 @@ def test_a_file_that_is_not_toml(text):
         ({"op": "is_business_hours", "hours": ["9", "17"]}, "hours"),
         ({"op": "is_business_hours", "hours": 9}, "hours"),
         ({"op": "time_since_last", "unit": "y"}, "unit"),
-        ({"op": "time_since_last", "unit": "w"}, "unit"),
+        ({"op": "time_since_last", "unit": "weeks"}, "unit"),
         ({"op": "time_since_last", "unit": 1}, "unit"),
         ({"op": "count", "kind": "weird"}, "kind"),
         ({"op": "count", "type": "double"}, "type"),
