@@ -1,6 +1,7 @@
 """The bucket of an entity id: how rows and events are co-partitioned (SPEC §16).
 
-bucket = (first 8 bytes of BLAKE2b(UTF-8 id), unsigned little-endian) mod n, n a power of two.
+bucket = (first 8 bytes of BLAKE2b(UTF-8 id), unsigned little-endian) mod n, n a power of two:
+the identifier digest of SPEC §4 (`features/hashing.py`, the one home of that digest).
 It is stable across processes, hosts and Python versions (Python's `hash` of a str is salted
 per process). With power-of-two counts, the bucket of a smaller count is the bucket of a
 larger one modulo the smaller (`n | m` => h mod n = (h mod m) mod n), so an export of events
@@ -14,35 +15,24 @@ workers take more of them, at most `MAX_BUCKETS` (the shuffle has pieces x bucke
 
 from __future__ import annotations
 
-from functools import lru_cache
-from hashlib import blake2b
-
 import numpy as np
 import pandas as pd
+
+from featurestore.features.hashing import id_digests
 
 BUCKET_ROWS = 250_000
 BUCKET_EVENTS = 2_000_000
 BUCKETS_PER_WORKER = 2
 MAX_BUCKETS = 4096
 EXPORT_BUCKET_EVENTS = 1_000_000  # events per partition of `featurestore export events`
-HASH_CACHE_SIZE = 1 << 18
-
-
-@lru_cache(maxsize=HASH_CACHE_SIZE)
-def entity_hash64(entity_id: str) -> int:
-    """The stable 64-bit hash of one entity id."""
-    return int.from_bytes(blake2b(entity_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def bucket_of(entity_ids: np.ndarray | list[str], n_buckets: int) -> np.ndarray:
     """The bucket (int64, 0 ... n_buckets - 1) of each id; one hash per distinct id."""
     check_bucket_count(n_buckets)
     codes, uniques = pd.factorize(np.asarray(entity_ids, dtype=object))
-    mask = n_buckets - 1
-    per_unique = np.fromiter(
-        (entity_hash64(e) & mask for e in uniques), dtype=np.int64, count=len(uniques)
-    )
-    return per_unique[codes]
+    per_unique = id_digests(uniques.tolist()) & np.uint64(n_buckets - 1)
+    return per_unique.astype(np.int64)[codes]
 
 
 def check_bucket_count(n_buckets: int) -> int:
