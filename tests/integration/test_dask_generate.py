@@ -372,6 +372,37 @@ def test_a_bad_row_is_named_as_by_one_process_and_nothing_is_written(
     assert leftovers(tmp_path) == []
 
 
+def test_a_missing_column_is_named_as_by_one_process_and_nothing_is_written(
+    client, rows: pd.DataFrame, data_dir: Path, run, tmp_path: Path
+) -> None:
+    # Given a dataset whose second file has no timestamp column
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    rows.iloc[:4_000].to_parquet(bad / "a.parquet")
+    rows.iloc[4_000:].drop(columns="timestamp").to_parquet(bad / "b.parquet")
+    common = ("--data-dir", data_dir)
+    code, _, one = run("generate", bad, "-o", tmp_path / "one.parquet", *common)
+    assert code == EXIT_FAILURE
+    # When the cluster computes it
+    code, _, err = run(
+        "generate",
+        bad,
+        "-o",
+        tmp_path / "dask",
+        *common,
+        "--engine",
+        "dask",
+        "--scheduler",
+        client.scheduler.address,
+    )
+    # Then it is the same one line, naming the file and the column, and there is no output
+    assert code == EXIT_FAILURE
+    assert err == one
+    assert err.count("\n") == 1 and "b.parquet" in err and "timestamp" in err
+    assert not (tmp_path / "dask").exists() and not (tmp_path / "one.parquet").exists()
+    assert leftovers(tmp_path) == []
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
