@@ -87,6 +87,12 @@ def random_rows(seed: int, entities: int, n: int) -> pd.DataFrame:
     return pd.concat([frame, duplicates], ignore_index=True)
 
 
+def malloc_environment() -> dict[str, str | None]:
+    """The glibc malloc variables of the process this runs in (a worker)."""
+    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    return {name: os.environ.get(name) for name in names}
+
+
 @dataclass(frozen=True)
 class FailOnceEvents:
     """The store, but the first task of the run to open it raises (it creates `marker`):

@@ -24,7 +24,11 @@ from dask_support import FailOnceEvents, GatedEvents, make_random_store, random_
 from featurestore.cli import main as cli_main
 from featurestore.config import VARIABLES, Settings
 from featurestore.exitcodes import EXIT_FAILURE, EXIT_USAGE
-from featurestore.offline.cluster import dask_client
+from featurestore.offline.cluster import (
+    WORKER_MALLOC_MMAP_THRESHOLD_BYTES,
+    WORKER_MALLOC_TRIM_THRESHOLD_BYTES,
+    dask_client,
+)
 from featurestore.offline.compute import generate_file, select_features
 from featurestore.offline.dask_generate import generate_dask
 from featurestore.offline.dask_tasks import StoreEvents
@@ -265,6 +269,15 @@ def test_csv_rows_on_a_local_cluster_with_most_buckets_empty(
     )
     assert code == 0, err
     assert (tmp_path / "dask.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
+
+def test_local_workers_keep_freed_memory_for_reuse(client) -> None:
+    # Dask's own 64 KiB trim threshold would make every array a fresh mmap (page faults)
+    wanted = {
+        "MALLOC_MMAP_THRESHOLD_": str(WORKER_MALLOC_MMAP_THRESHOLD_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(WORKER_MALLOC_TRIM_THRESHOLD_BYTES),
+    }
+    assert list(client.run(dask_support.malloc_environment).values()) == [wanted, wanted]
 
 
 def test_a_task_that_fails_once_is_retried_and_exact(
