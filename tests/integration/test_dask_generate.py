@@ -151,6 +151,7 @@ def test_output_file_is_the_single_process_file_byte_for_byte(
     expected = single_process(data_dir, rows_file, tmp_path / "one.parquet", chunk_rows=SMALL_CHUNK)
     # When 16 bucket tasks compute them
     events = StoreEvents(settings_of(data_dir))
+    advanced: list[int] = []
     got = on_dask(
         client,
         events,
@@ -159,6 +160,7 @@ def test_output_file_is_the_single_process_file_byte_for_byte(
         tmp_path / "dask.parquet",
         chunk_rows=SMALL_CHUNK,
         buckets=16,
+        progress=advanced.append,
     )
     # Then the files are identical, and every input row is there once, in order, with a status
     assert got.read_bytes() == expected.read_bytes()
@@ -169,6 +171,8 @@ def test_output_file_is_the_single_process_file_byte_for_byte(
     statuses = set(frame["status"])
     assert statuses == {"ok", "not_found"}
     assert (frame.loc[frame["entity_id"].str.startswith("nobody"), "status"] == "not_found").all()
+    # and progress advanced once per bucket task, by its rows, to the total
+    assert len(advanced) <= 16 and sum(advanced) == len(rows)
 
 
 def test_cli_dataset_in_dataset_out_equals_one_process(
