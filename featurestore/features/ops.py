@@ -98,10 +98,12 @@ def _frequency(c: FeatureContext, d: Definition) -> np.ndarray:
     last = c.last_label(d.field)
     labels = c.batch.labels[d.field][selection.index]
     count = _segment_count(labels == np.repeat(last, selection.lengths), selection)
-    having = _segment_count(labels != NO_LABEL, selection)  # X, the events with the field
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = count / selection.n
-    return np.where((last != NO_LABEL) & (having > 0), share, np.nan)
+        share = count / selection.n  # 0/0 (no matching event) is NaN
+    defined = last != NO_LABEL
+    if d.where:  # else the last event, which has the field, is in every non-empty selection
+        defined &= _segment_count(labels != NO_LABEL, selection) > 0  # X is not empty
+    return np.where(defined, share, np.nan)
 
 
 def _segment_count(mask: np.ndarray, selection: Selection) -> np.ndarray:

@@ -136,9 +136,25 @@ def _parquet_chunks(source: Path, required, optional, chunk_rows: int) -> Iterat
         parquet = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise FileError(f"{source}: not a readable Parquet file ({exc})") from None
-    columns = select_columns(source, parquet.schema_arrow.names, required, optional)
+    columns = select_columns(source, parquet_column_names(parquet.schema_arrow), required, optional)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
         yield batch.to_pandas()
+
+
+def parquet_column_names(schema: pa.Schema) -> list[str]:
+    """The data columns of a Parquet file: all but those pandas stored its index in."""
+    index = _pandas_index_columns(schema)
+    return [n for n in schema.names if n not in index]
+
+
+def _pandas_index_columns(schema: pa.Schema) -> set[str]:
+    """The columns pandas stored its DataFrame index in (`to_parquet` of a frame whose index
+    is not a plain range): not data, so not refused as undeclared fields."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except (ValueError, TypeError):  # foreign metadata under the pandas key: no index known
+        return set()
+    return {c for c in metadata.get("index_columns", []) if isinstance(c, str)}
 
 
 def _csv_chunks(source: Path, required, optional) -> Iterator[pd.DataFrame]:

@@ -21,7 +21,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featurestore.offline.files import FileError, file_format, read_chunks, select_columns
+from featurestore.offline.files import (
+    FileError,
+    file_format,
+    parquet_column_names,
+    read_chunks,
+    select_columns,
+)
 
 GLOB_CHARACTERS = "*?["
 DATASET_SUFFIXES = (".parquet", ".pq")
@@ -124,7 +130,7 @@ def piece_chunks(
     path = Path(piece.path)
     try:
         parquet = pq.ParquetFile(path)
-        columns = select_columns(path, parquet.schema_arrow.names, required, ())
+        columns = select_columns(path, parquet_column_names(parquet.schema_arrow), required, ())
         table = _row_range(parquet, columns, piece.start, piece.stop)
     except (pa.ArrowInvalid, OSError) as exc:
         raise FileError(f"{path}: not a readable Parquet file ({exc})") from None

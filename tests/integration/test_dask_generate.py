@@ -392,11 +392,13 @@ def test_a_bad_row_is_named_as_by_one_process_and_nothing_is_written(
 def test_a_missing_column_is_named_as_by_one_process_and_nothing_is_written(
     client, rows: pd.DataFrame, data_dir: Path, run, tmp_path: Path
 ) -> None:
-    # Given a dataset whose second file has no timestamp column
+    # Given a dataset whose second file has no timestamp column (and, shuffled, the index
+    # pandas stores beside the data: not a column of the file's rows)
     bad = tmp_path / "bad"
     bad.mkdir()
     rows.iloc[:4_000].to_parquet(bad / "a.parquet")
-    rows.iloc[4_000:].drop(columns="timestamp").to_parquet(bad / "b.parquet")
+    shuffled = rows.iloc[4_000:].sample(frac=1.0, random_state=1)
+    shuffled.drop(columns="timestamp").to_parquet(bad / "b.parquet")
     common = ("--data-dir", data_dir)
     code, _, one = run("generate", bad, "-o", tmp_path / "one.parquet", *common)
     assert code == EXIT_FAILURE
@@ -416,6 +418,7 @@ def test_a_missing_column_is_named_as_by_one_process_and_nothing_is_written(
     assert code == EXIT_FAILURE
     assert err == one
     assert err.count("\n") == 1 and "b.parquet" in err and "timestamp" in err
+    assert err.endswith("missing column(s) timestamp; found entity_id\n")
     assert not (tmp_path / "dask").exists() and not (tmp_path / "one.parquet").exists()
     assert leftovers(tmp_path) == []
 
