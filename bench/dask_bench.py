@@ -167,6 +167,16 @@ def at_once(data: Path, rows: Path, processes: int) -> float:
             return max(job.result(timeout=CEILING_TIMEOUT_S) for job in jobs)
 
 
+def best_ceiling(best: dict | None, result: dict) -> dict:
+    """Each measurement keeps its best round, like every configuration (the ratio of one
+    round's alone and pair times would favour a round whose alone run was slowed)."""
+    if best is None:
+        return result
+    alone = min(best["alone_s"], result["alone_s"])
+    pair = min(best["pair_s"], result["pair_s"])
+    return {"alone_s": alone, "pair_s": pair, "ratio": 2 * alone / pair}
+
+
 def ceiling(data: Path, rows: Path) -> dict:
     """How much faster two processes do twice the work than one process does it once."""
     for name, value in worker_malloc_config().items():  # as the workers run
@@ -200,8 +210,7 @@ def main() -> None:
         if config == "ceiling":
             result = ceiling(data, rows)
             print(f"ceiling: 2 processes {result['ratio']:.2f}x one", flush=True)
-            if config not in best or result["ratio"] > best[config]["ratio"]:
-                best[config] = result
+            best[config] = best_ceiling(best.get(config), result)
             continue
         if config == "process":
             result = single_process(data, rows, floor_path, names)
@@ -249,7 +258,7 @@ def main() -> None:
     lines.append(f"2 workers / 1 worker: {two / one:.2f}x (target >= 1.7x on 2 cores)")
     top = best["ceiling"]
     lines.append(
-        f"machine ceiling (best round): 2 processes at once {top['ratio']:.2f}x one "
+        f"machine ceiling (best rounds): 2 processes at once {top['ratio']:.2f}x one "
         f"(engine work {top['alone_s']:.1f} s alone, {top['pair_s']:.1f} s as a pair)"
     )
     report("dask", results, lines)

@@ -19,6 +19,10 @@ CLUSTER_START_TIMEOUT_S = 120.0  # a LocalCluster's workers up (spawned processe
 WORKERS_TIMEOUT_S = 30.0  # an existing scheduler has at least one worker
 CLOSE_TIMEOUT_S = 30.0
 LOCAL_HOST = "127.0.0.1"
+# Dask's own log records stay quiet: failures are ours to report, one line each. Its ERROR
+# records include races of a normal close (a worker's heartbeat to a scheduler that just
+# closed, with a traceback), so only CRITICAL ones are shown.
+DASK_LOG_LEVEL = logging.CRITICAL
 # glibc malloc of the LocalCluster's worker processes. Dask sets MALLOC_TRIM_THRESHOLD_ to
 # 64 KiB, which also turns off glibc's dynamic mmap threshold: every array over 128 KiB is a
 # fresh mmap and every page of it a fault (measured: 8x the minor faults, +2 s of system time
@@ -37,7 +41,7 @@ class ClusterError(Exception):
 def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
     """A client of the scheduler at `scheduler`, else of a new LocalCluster of `workers`
     single-threaded processes on this host (closed when the block ends)."""
-    logging.getLogger("distributed").setLevel(logging.ERROR)  # failures are ours to report
+    logging.getLogger("distributed").setLevel(DASK_LOG_LEVEL)
     with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT_S}s"}):
         if scheduler is not None:
             with _remote(scheduler) as client:
@@ -90,7 +94,7 @@ def _local(workers: int) -> Iterator[Client]:
                 # the scheduler's HTTP routes always start: a free loopback port, no dashboard
                 dashboard_address=f"{LOCAL_HOST}:0",
                 scheduler_kwargs={"dashboard": False},
-                silence_logs=logging.ERROR,
+                silence_logs=DASK_LOG_LEVEL,  # the workers' log level
             )
     except (OSError, TimeoutError, RuntimeError) as exc:
         raise ClusterError(
