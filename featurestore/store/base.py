@@ -1,4 +1,5 @@
-"""The event store interface every backend implements (SQLite now; PostgreSQL can follow).
+"""The event store interface every backend implements: SQLite (`sqlite.py`, one host) and
+PostgreSQL (`postgres.py`, several hosts); `factory.py` chooses one from the settings.
 
 A store keeps each entity's events durably, in a layout read in bulk into an `EventBatch`,
 assigns sequence numbers, `ingested_at` and category labels, and makes ingest idempotent by
@@ -72,6 +73,11 @@ class EventStore(Protocol):
 
     def prune_requests(self, limit: int = ...) -> int:
         """Forget up to `limit` request ids older than the retention; how many."""
+        ...
+
+    def prune_changes(self, limit: int = ...) -> int:
+        """Forget up to `limit` change-log rows older than their retention (a store shared by
+        several hosts; 0 for one that has no change log); how many."""
         ...
 
     def check_writable(self) -> None:

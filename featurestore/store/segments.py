@@ -1,18 +1,24 @@
-"""The packed segment layout of the SQLite store: each ingest appends one segment per entity
-(its new events as `EVENT_DTYPE` records sorted by (ts, seq), and their event ids joined by
+"""The packed segment layout of every store: each ingest appends one segment per entity (its
+new events as `EVENT_DTYPE` records sorted by (ts, seq), and their event ids joined by
 ID_SEPARATOR); an entity with more than MAX_SEGMENTS segments is compacted into one.
-Every function runs inside the caller's transaction."""
+
+The packing itself (`event_records`, `pack_segments`, `merge_parts`, `merge_segments`) knows
+no database and is shared by the SQLite and PostgreSQL stores; the SQLite statements follow
+(`append_segments`, `compact_entities`), each run inside the caller's transaction."""
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from featurestore.store.batch import EVENT_DTYPE
+from featurestore.store.columns import EventColumns
 
 MAX_SEGMENTS = 8
 ID_SEPARATOR = "\n"  # ids cannot contain control characters
@@ -22,16 +28,50 @@ _INSERT_SEGMENT = (
 )
 
 
-def append_segments(
-    conn: sqlite3.Connection,
-    entity_ids: np.ndarray,
-    records: np.ndarray,
-    event_ids: np.ndarray,
-    compact: bool,
-) -> list[str]:
-    """Append one segment per entity (records sorted by ts, seq); compact long chains."""
+def event_records(
+    events: EventColumns, keep: np.ndarray, labels: np.ndarray, first_seq: int, now_ms: int
+) -> np.ndarray:
+    """The packed records of the kept events, in request order: sequence numbers from
+    `first_seq` on, `ingested_at` = now, category labels as given (one per kept event)."""
+    n_new = int(np.count_nonzero(keep))
+    records = np.empty(n_new, dtype=EVENT_DTYPE)
+    records["ts"] = events.ts[keep]
+    records["seq"] = np.arange(first_seq, first_seq + n_new, dtype=np.int64)
+    records["ingested_at"] = now_ms
+    records["value"] = events.value[keep]
+    records["category"] = labels
+    return records
+
+
+@dataclass(frozen=True)
+class Segments:
+    """One new segment per entity: entity `i` gets `counts[i]` records from `first_seqs[i]`
+    on, `blobs[i]` (sorted by ts, seq) and its event ids joined in `event_ids[i]`."""
+
+    entity_ids: list[str]  # in order of first appearance in the request
+    first_seqs: list[int]
+    counts: list[int]
+    blobs: list[bytes]
+    event_ids: list[str]
+
+    def rows(self) -> list[tuple[str, int, int, bytes, str]]:
+        """(entity_id, first_seq, n, events, event_ids): a `segments` row each."""
+        return list(
+            zip(
+                self.entity_ids,
+                self.first_seqs,
+                self.counts,
+                self.blobs,
+                self.event_ids,
+                strict=True,
+            )
+        )
+
+
+def pack_segments(entity_ids: np.ndarray, records: np.ndarray, event_ids: np.ndarray) -> Segments:
+    """Split records (and their event ids) into one segment per entity, each in (ts, seq)."""
     if records.size == 0:
-        return []
+        return Segments([], [], [], [], [])
     codes, uniques = pd.factorize(entity_ids)
     order = np.lexsort((records["seq"], records["ts"], codes))
     records = records[order]
@@ -42,26 +82,42 @@ def append_segments(
     id_text = _ids_per_entity(event_ids[order], codes, len(uniques))
     blob = records.tobytes()
     size = EVENT_DTYPE.itemsize
-    touched = [str(u) for u in uniques]
     spans = bounds.tolist()
-    conn.executemany(
-        _INSERT_SEGMENT,
-        (
-            (
-                entity,
-                first_seqs[i],
-                spans[i + 1] - spans[i],
-                blob[spans[i] * size : spans[i + 1] * size],
-                id_text[i],
-            )
-            for i, entity in enumerate(touched)
-        ),
+    return Segments(
+        entity_ids=[str(u) for u in uniques],
+        first_seqs=first_seqs,
+        counts=counts.tolist(),
+        blobs=[blob[spans[i] * size : spans[i + 1] * size] for i in range(len(uniques))],
+        event_ids=id_text,
     )
+
+
+def merge_parts(parts: Sequence[tuple[int, bytes, str]]) -> tuple[int, int, bytes, str]:
+    """An entity's segments (first_seq, events, event_ids), in first_seq order, as one:
+    (first_seq, n, events in (ts, seq) order, event ids)."""
+    events = merge_segments([p[1] for p in parts])
+    ids = ID_SEPARATOR.join(p[2] for p in parts if p[2])
+    return parts[0][0], int(events.size), events.tobytes(), ids
+
+
+def append_segments(
+    conn: sqlite3.Connection,
+    entity_ids: np.ndarray,
+    records: np.ndarray,
+    event_ids: np.ndarray,
+    compact: bool,
+) -> list[str]:
+    """Append one segment per entity (records sorted by ts, seq); compact long chains."""
+    segments = pack_segments(entity_ids, records, event_ids)
+    if not segments.entity_ids:
+        return []
+    touched = segments.entity_ids
+    conn.executemany(_INSERT_SEGMENT, segments.rows())
     conn.executemany(
         "INSERT INTO entities (entity_id, n_events, n_segments) VALUES (?, ?, 1) "
         "ON CONFLICT (entity_id) DO UPDATE SET n_events = n_events + excluded.n_events, "
         "n_segments = n_segments + 1",
-        zip(touched, counts.tolist(), strict=True),
+        zip(touched, segments.counts, strict=True),
     )
     if compact:
         compact_entities(conn, _long_chains(conn, touched))
@@ -87,12 +143,10 @@ def compact_entities(conn: sqlite3.Connection, entity_ids: list[str]) -> None:
         "WHERE entity_id IN (SELECT value FROM json_each(?)) ORDER BY entity_id, first_seq",
         (payload,),
     ).fetchall()
-    merged = []
-    for entity, group in itertools.groupby(rows, key=lambda r: r[0]):
-        parts = list(group)
-        events = merge_segments([p[2] for p in parts])
-        ids = ID_SEPARATOR.join(p[3] for p in parts if p[3])
-        merged.append((entity, parts[0][1], events.size, events.tobytes(), ids))
+    merged = [
+        (entity, *merge_parts([r[1:] for r in group]))
+        for entity, group in itertools.groupby(rows, key=lambda r: r[0])
+    ]
     conn.execute(f"DELETE FROM segments WHERE entity_id IN {JSON_IDS}", (payload,))
     conn.executemany(_INSERT_SEGMENT, merged)
     conn.execute(f"UPDATE entities SET n_segments = 1 WHERE entity_id IN {JSON_IDS}", (payload,))

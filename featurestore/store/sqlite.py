@@ -36,21 +36,24 @@ from featurestore.config import VARIABLES
 from featurestore.ops.permissions import create_private_file, private_dir
 from featurestore.store import requests
 from featurestore.store.base import IngestResult
-from featurestore.store.batch import EVENT_DTYPE, NO_CATEGORY, EventBatch
+from featurestore.store.batch import EventBatch
 from featurestore.store.columns import EventColumns
 from featurestore.store.errors import StoreCorrupt, StoreError, StoreUnavailable
+from featurestore.store.factory import SQLITE_FILENAME
+from featurestore.store.labels import LabelBook
 from featurestore.store.schema import check_identity, ensure_schema
 from featurestore.store.segments import (
     ID_SEPARATOR,
     MAX_SEGMENTS,
     append_segments,
     compact_entities,
+    event_records,
     merge_segments,
 )
 from featurestore.store.sqlite_errors import is_busy, store_error
 from featurestore.timestamps import now_ms
 
-DB_FILENAME = "events.sqlite3"
+DB_FILENAME = SQLITE_FILENAME
 PAGE_SIZE = 16384
 COMPACT_BATCH = 2000
 BUSY_TIMEOUT_MS = 2000
@@ -74,8 +77,7 @@ class SqliteEventStore:
     ) -> None:
         self.path = Path(data_dir) / DB_FILENAME
         self.request_id_retention_ms = request_id_retention_ms
-        self._names: list[str] = []
-        self._labels: dict[str, int] = {}
+        self._book = LabelBook()
         try:
             private_dir(self.path.parent)
             create_private_file(self.path)  # before SQLite creates it with the umask's mode
@@ -149,7 +151,7 @@ class SqliteEventStore:
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
-                self._forget_categories()  # labels cached in a rolled-back transaction
+                self._book.forget()  # labels cached in a rolled-back transaction
                 raise
             return result
 
@@ -190,12 +192,7 @@ class SqliteEventStore:
         n_new = int(keep.sum())
         first_seq = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
         conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (first_seq + n_new,))
-        records = np.empty(n_new, dtype=EVENT_DTYPE)
-        records["ts"] = events.ts[keep]
-        records["seq"] = np.arange(first_seq, first_seq + n_new, dtype=np.int64)
-        records["ingested_at"] = now
-        records["value"] = events.value[keep]
-        records["category"] = labels
+        records = event_records(events, keep, labels, first_seq, now)
         event_ids = np.asarray(events.event_id, dtype=object)[keep]
         touched = append_segments(conn, entity_ids, records, event_ids, compact)
         result = IngestResult(n_new, len(events) - n_new, touched)
@@ -235,32 +232,22 @@ class SqliteEventStore:
 
     def _labels_for(self, conn: sqlite3.Connection, categories: np.ndarray) -> np.ndarray:
         """Labels of `categories` (None -> NO_CATEGORY), assigning new ones in order of first
-        appearance, contiguously, inside the current transaction."""
+        appearance, contiguously, inside the current transaction (which holds the write lock)."""
         self._refresh_categories(conn)
-        present = pd.Series(categories, dtype=object)
-        new = [c for c in pd.unique(present.dropna()) if c not in self._labels]
+        new = self._book.unknown(categories)
         if new:
-            start = len(self._names)
             conn.executemany(
-                "INSERT INTO categories (label, name) VALUES (?, ?)",
-                [(start + i, name) for i, name in enumerate(new)],
+                "INSERT INTO categories (label, name) VALUES (?, ?)", self._book.assign(new)
             )
-            self._names.extend(new)
-            self._labels.update({name: start + i for i, name in enumerate(new)})
-        return present.map(self._labels).fillna(NO_CATEGORY).to_numpy(dtype=np.int32)
-
-    def _forget_categories(self) -> None:
-        self._names = []
-        self._labels = {}
+        return self._book.encode(categories)
 
     def _refresh_categories(self, conn: sqlite3.Connection) -> None:
-        rows = conn.execute(
-            "SELECT label, name FROM categories WHERE label >= ? ORDER BY label",
-            (len(self._names),),
-        ).fetchall()
-        for label, name in rows:
-            self._names.append(name)
-            self._labels[name] = label
+        self._book.learn(
+            conn.execute(
+                "SELECT label, name FROM categories WHERE label >= ? ORDER BY label",
+                (self._book.known,),
+            ).fetchall()
+        )
 
     def compact(self, entity_ids: Sequence[str] | None = None) -> int:
         """Compact every entity with more than one segment (or those given); how many."""
@@ -303,7 +290,7 @@ class SqliteEventStore:
 
     def category_names(self) -> list[str]:
         self._retry(lambda: self._refresh_categories(self._conn))
-        return list(self._names)
+        return list(self._book.names)
 
     def entity_ids(self) -> list[str]:
         rows = self._retry(
@@ -351,6 +338,10 @@ class SqliteEventStore:
             return 0
         return self._write(lambda conn: requests.prune(conn, cutoff, limit))
 
+    def prune_changes(self, limit: int = 0) -> int:
+        """No change log: one host, whose writers invalidate its cache themselves."""
+        return 0
+
     def check_writable(self) -> None:
         """StoreUnavailable unless the store's file system has room (MIN_FREE_BYTES) and a
         small write commits: how a store that hit a full disk finds out it may write again."""
@@ -374,8 +365,9 @@ class SqliteEventStore:
 def open_store(
     data_dir: str | Path, *, request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS
 ) -> SqliteEventStore:
-    """The event store of a data directory (created on first use); StoreCorrupt if the file
-    there is not a usable store, StoreUnavailable if it cannot be opened now."""
+    """The SQLite store of a data directory (created on first use); StoreCorrupt if the file
+    there is not a usable store, StoreUnavailable if it cannot be opened now. Processes and
+    commands choose their store with `featurestore.store.factory.open_store(settings)`."""
     return SqliteEventStore(data_dir, request_id_retention_ms=request_id_retention_ms)
 
 
