@@ -19,7 +19,7 @@ from featurestore.features.registry import REGISTRY
 from featurestore.offline.compute import STATUS_OK, VERSION_METADATA_KEY
 from featurestore.offline.files import FileError, file_format, read_chunks
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreError
-from featurestore.store.sqlite import open_store
+from featurestore.store.factory import open_store
 from featurestore.timestamps import format_iso, now_ms
 from featurestore.validation.decoding import invalid
 
@@ -36,10 +36,7 @@ class BaselineRequests:
     @property
     def store(self):
         if self._store is None:
-            self._store = open_store(
-                self.settings.data_dir,
-                request_id_retention_ms=self.settings.request_id_retention_ms,
-            )
+            self._store = open_store(self.settings, role="drift")
         return self._store
 
     def handle(self, body: dict) -> dict:

@@ -12,7 +12,9 @@ CACHE_WIDTH = max(len(feature_set.features) for feature_set in REGISTRY.values()
 
 
 def open_cache(settings: Settings, *, wait_s: float = 5.0) -> FeatureCache:
-    """Create or attach the cache of these settings, checking that it has their layout."""
+    """Create or attach the cache of these settings, checking that it has their layout. With
+    a store other hosts write (STORE_URL), the cache is a near cache: it serves hits only under
+    a lease of MAX_STALENESS_MS that this host's listener renews (listener/, SPEC §15)."""
     return FeatureCache.open(
         settings.cache_name,
         settings.cache_max_size,
@@ -20,4 +22,5 @@ def open_cache(settings: Settings, *, wait_s: float = 5.0) -> FeatureCache:
         CACHE_WIDTH,
         CACHE_VERSIONS,
         wait_s=wait_s,
+        lease_ms=settings.max_staleness_ms if settings.shared_store else 0,
     )

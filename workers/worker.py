@@ -26,7 +26,7 @@ from featurestore.errors import Code, ServiceError
 from featurestore.ops.logs import rid
 from featurestore.security.curve import CurveClient
 from featurestore.store.errors import StoreCorrupt
-from featurestore.store.sqlite import open_store
+from featurestore.store.factory import open_store
 from featurestore.wire.backend import decode_job, error_result_frames
 from featurestore.wire.frames import POLLIN, SERVICE_FEATURES, W_JOB, ProtocolError, copy_small
 from featurestore.wire.link import BrokerLink
@@ -67,10 +67,7 @@ class ComputeThread(threading.Thread):
         pair.setsockopt(zmq.LINGER, 0)
         pair.connect(self.address)
         try:
-            store = open_store(
-                self.settings.data_dir,
-                request_id_retention_ms=self.settings.request_id_retention_ms,
-            )
+            store = open_store(self.settings, role=f"worker-{self.worker_id}")
             cache = open_cache(self.settings)
             publisher = VectorPublisher(
                 self.context,

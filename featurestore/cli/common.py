@@ -18,7 +18,7 @@ from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_FAILURE
 
 if TYPE_CHECKING:
-    from featurestore.store.sqlite import SqliteEventStore
+    from featurestore.store.base import EventStore
 
 
 class CommandError(Exception):
@@ -47,12 +47,13 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(env)
 
 
-def open_event_store(settings: Settings) -> SqliteEventStore:
-    """The store of DATA_DIR with the service's request id retention. StoreCorrupt and
-    StoreUnavailable reach `main`, which prints them as one line."""
-    from featurestore.store.sqlite import open_store
+def open_event_store(settings: Settings) -> EventStore:
+    """The store of the settings (SQLite under DATA_DIR, or STORE_URL's PostgreSQL) with the
+    service's retentions. StoreCorrupt and StoreUnavailable reach `main`, which prints them
+    as one line."""
+    from featurestore.store.factory import open_store
 
-    return open_store(settings.data_dir, request_id_retention_ms=settings.request_id_retention_ms)
+    return open_store(settings, role="cli")
 
 
 @contextmanager

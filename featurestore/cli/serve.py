@@ -60,10 +60,10 @@ def _port_open(host: str, port: int) -> bool:
 
 def _fill_demo(settings: Settings) -> None:
     from featurestore.offline.demo import MEAN_EVENTS, default_end_ms, write_demo
-    from featurestore.store.sqlite import open_store
+    from featurestore.store.factory import open_store
     from featurestore.timestamps import now_ms
 
-    store = open_store(settings.data_dir)
+    store = open_store(settings, role="serve")
     try:
         if store.counts()["events"]:
             return
@@ -131,7 +131,7 @@ def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.security.curve import check_keys
-    from featurestore.store.sqlite import open_store
+    from featurestore.store.factory import open_store
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     with _take_data_dir(settings) as lock:
@@ -141,9 +141,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         tokens_from_settings(settings)
         # Pre-flight: a corrupt or foreign store is reported here in one line (and migrated
         # here, once, before any worker opens it).
-        open_store(
-            settings.data_dir, request_id_retention_ms=settings.request_id_retention_ms
-        ).close()
+        open_store(settings, role="serve").close()
         if args.demo:
             _fill_demo(settings)
         return _serve(settings, lock)
