@@ -93,9 +93,14 @@ class ChangeListener:
         self.cache.set_holder_words({index: self.cache.holder_words()[index] + count})
 
     # --------------------------------------------------------------------------- loop
-    def run(self) -> None:
+    def stop_on_signals(self) -> ChangeListener:
+        """SIGTERM or SIGINT (main thread only) stops `run` between two polls."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
+        return self
+
+    def run(self) -> None:
+        """Follow until `stop` is set (StoreCorrupt propagates: the process stops)."""
         self._set(pid=os.getpid(), state=STATE_CONNECTING)
         log.info(
             "listener of %s for cache %s (MAX_STALENESS_MS=%d)",
@@ -123,7 +128,8 @@ class ChangeListener:
                 self.backoff_s = BACKOFF_FIRST_S
                 while not self.stop.is_set():
                     self.wait_for_changes(conn)
-                    self.poll(conn)
+                    if not self.stop.is_set():
+                        self.poll(conn)
         except psycopg.Error as exc:
             if classify(exc) is Kind.BUG:
                 raise

@@ -33,7 +33,7 @@ def run(settings: Settings) -> None:
         return
     from listener.follower import ChangeListener
 
-    ChangeListener.start(settings).run()
+    ChangeListener.start(settings).stop_on_signals().run()
 
 
 def main(argv: list[str] | None = None) -> int:
