@@ -69,19 +69,28 @@ class Databases:
         assert self.server is not None
         self.server.start()
 
-    def terminate(self, database_url: str, application_name: str) -> int:
-        """Cut the connections of `application_name` to the database (pg_terminate_backend);
-        how many."""
+    def terminate(self, database_url: str, application_name: str, user: str | None = None) -> int:
+        """Cut the connections of `application_name` (and `user`, if given) to the database
+        (pg_terminate_backend); how many."""
         database = database_url.rsplit("/", 1)[-1].split("?", 1)[0]
         with psycopg.connect(
             self.admin_url, autocommit=True, connect_timeout=ADMIN_TIMEOUT_S
         ) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND application_name = %s",
-                (database, application_name),
+                "WHERE datname = %s AND application_name = %s "
+                "AND (%s::text IS NULL OR usename = %s::text)",
+                (database, application_name, user, user),
             ).fetchall()
         return sum(1 for (done,) in rows if done)
+
+    def execute(self, statement: str, database_url: str | None = None) -> None:
+        """One statement as the superuser (on the server, or in a test database)."""
+        url = self.admin_url
+        if database_url is not None:
+            url = with_database(self.admin_url, database_url.rsplit("/", 1)[-1])
+        with psycopg.connect(url, autocommit=True, connect_timeout=ADMIN_TIMEOUT_S) as conn:
+            conn.execute(statement)
 
     def connect(self, database_url: str) -> psycopg.Connection:
         """A superuser connection to a test database (autocommit)."""
