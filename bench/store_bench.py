@@ -39,7 +39,7 @@ from featurestore.config import Settings
 from featurestore.offline.demo import entity_name, write_demo
 from featurestore.ops.launcher import Stack
 from featurestore.ops.pgserver import PostgresServer, create_database, with_database
-from featurestore.store.factory import open_store
+from featurestore.store.factory import open_event_store
 from featurestore.store.pg_schema import SCHEMA
 from featurestore.store.sqlite import DB_FILENAME
 from featurestore.validation.events import validate_events
@@ -70,7 +70,7 @@ def postgres_url(args: argparse.Namespace, running: contextlib.ExitStack) -> str
                 conn.execute(f"CREATE DATABASE {PG_DATABASE}")
     settings = Settings.from_env({"STORE_URL": url, "DATA_DIR": str(Path(args.work) / "pg-dir")})
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
+    store = open_event_store(settings)
     try:
         if store.counts()["events"] == 0:
             print(f"writing the demo ({args.entities:,} entities) into PostgreSQL ...", flush=True)
@@ -99,7 +99,7 @@ def bare_fetch(backend: str, data: Path, url: str):
 
 def bench_reads(settings: dict[str, Settings], entities: int) -> dict:
     rng = np.random.default_rng(1)
-    stores = {name: open_store(s) for name, s in settings.items()}
+    stores = {name: open_event_store(s) for name, s in settings.items()}
     floors = {name: bare_fetch(name, Path(s.data_dir), s.store_url) for name, s in settings.items()}
     samples: dict[str, list[float]] = {name: [] for name in stores}
     floor: dict[str, list[float]] = {name: [] for name in stores}
@@ -177,7 +177,7 @@ def bench_store_ingest(settings: dict[str, Settings], entities: int) -> dict:
     """The same kind of batches through `store.ingest` in this process: no HTTP, no worker."""
     out = {}
     for name, s in settings.items():
-        store = open_store(s)
+        store = open_event_store(s)
         rates = []
         try:
             for n, body in enumerate(ingest_batches(f"{name}-direct", entities, 12)):
@@ -195,7 +195,7 @@ def bench_store_ingest(settings: dict[str, Settings], entities: int) -> dict:
 def bench_invalidation(url: str, b: Stack, entities: int) -> dict:
     """Commit on A (this process, a writer of host A) -> invalidated in B's cache."""
     cache = FeatureCache.attach(b.settings.cache_name)
-    writer = open_store(Settings.from_env({"STORE_URL": url, "DATA_DIR": "/tmp"}))
+    writer = open_event_store(Settings.from_env({"STORE_URL": url, "DATA_DIR": "/tmp"}))
     rng = np.random.default_rng(9)
     delays = []
     try:

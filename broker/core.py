@@ -181,7 +181,7 @@ class BrokerCore:
         if op is Op.HEALTH:
             return self.status.health()
         if op is Op.DEFINITIONS:
-            return definitions(self.settings.versions)
+            return definitions(self.settings.definitions, self.settings.versions)
         return Cleared(self.cache.clear())
 
     def message_figures(self) -> dict:

@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 
 from drift.monitor import DriftMonitor
 from featurestore.config import Settings
+from featurestore.definitions.model import FeatureSet
 from featurestore.errors import Code, ServiceError
 from featurestore.features.engine import compute
-from featurestore.features.registry import REGISTRY
 from featurestore.offline.compute import STATUS_OK, VERSION_METADATA_KEY
 from featurestore.offline.files import FileError, file_format, read_chunks
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreError
-from featurestore.store.factory import open_store
+from featurestore.store.factory import open_event_store
 from featurestore.timestamps import format_iso, now_ms
 from featurestore.validation.decoding import invalid
 
@@ -36,7 +36,7 @@ class BaselineRequests:
     @property
     def store(self):
         if self._store is None:
-            self._store = open_store(self.settings, role="drift")
+            self._store = open_event_store(self.settings, role="drift")
         return self._store
 
     def handle(self, body: dict) -> dict:
@@ -92,15 +92,15 @@ class BaselineRequests:
         batch = self.store.read(list(uniques))
         features_set = {}
         for version in versions:
-            matrix = compute(batch, codes, t_ms, version, self.store.category_names())
+            features = self.settings.definitions.versions[version]
+            matrix = compute(batch, codes, t_ms, features, self.store.label_names())
             if not matrix.found.all():
                 unknown = sorted({entity_ids[i] for i in np.flatnonzero(~matrix.found)})
                 raise invalid(
                     f"{len(unknown)} entity id(s) have no events at or before {format_iso(t_ms)}",
                     unknown=unknown[:100],
                 )
-            names = REGISTRY[version].names
-            columns = {name: matrix.values[:, i] for i, name in enumerate(names)}
+            columns = {name: matrix.values[:, i] for i, name in enumerate(features.names)}
             features_set[version] = self.monitor.set_baseline(version, columns)
         return {
             "action": "entity_ids",
@@ -132,14 +132,14 @@ class BaselineRequests:
             if chosen is None:
                 raise invalid("the file records no version (CSV/JSON Lines): give 'version'")
             self._versions(chosen)
-            frame = _read_vectors(target, chosen)
+            frame = _read_vectors(target, self.settings.definitions.versions[chosen])
         except FileError as exc:
             raise invalid(str(exc)) from None
         columns = {
             name: pd.to_numeric(frame[name], errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan
             )
-            for name in REGISTRY[chosen].names
+            for name in self.settings.definitions.versions[chosen].names
             if name in frame
         }
         features_set = self.monitor.set_baseline(chosen, columns)
@@ -176,8 +176,8 @@ def _recorded_version(path: Path) -> str | None:
     return value.decode() if value else None
 
 
-def _read_vectors(path: Path, version: str) -> pd.DataFrame:
-    names = REGISTRY[version].names
+def _read_vectors(path: Path, features: FeatureSet) -> pd.DataFrame:
+    names, version = features.names, features.version
     frames, rows = [], 0
     for chunk in read_chunks(path, ("entity_id",), (*names, "status")):
         found = chunk[chunk["status"] == STATUS_OK] if "status" in chunk else chunk

@@ -22,7 +22,7 @@ import numpy as np
 
 from drift.statistics import STATISTICS, Result, Statistic, drift_statistic, moments, statistic
 from featurestore.config import ConfigError, Settings, parse_thresholds
-from featurestore.features.registry import MONITORED_KINDS, REGISTRY
+from featurestore.features.registry import MONITORED_KINDS
 from featurestore.timestamps import format_iso, now_ms
 
 MIN_EXPLICIT_BASELINE = 2
@@ -228,7 +228,7 @@ class DriftMonitor:
                     settings.drift_baseline_size,
                     settings.drift_window_size,
                 )
-                for column, f in enumerate(REGISTRY[version].features)
+                for column, f in enumerate(settings.definitions.versions[version].features)
                 if f.kind in MONITORED_KINDS
             ]
             self.since_ms[version] = now_ms()

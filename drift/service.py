@@ -24,7 +24,6 @@ from drift.baseline_requests import BaselineRequests
 from drift.monitor import DriftMonitor
 from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
-from featurestore.features.registry import REGISTRY
 from featurestore.ops.logs import rid
 from featurestore.security.curve import Domain, ZapServer
 from featurestore.validation.decoding import decoded_payload
@@ -70,7 +69,9 @@ class DriftService:
         self.requests = BaselineRequests(settings, self.monitor)
         self.received = 0
         self.malformed = 0
-        self.widths = {v: len(REGISTRY[v].features) for v in self.monitor.pairs}
+        self.widths = {
+            v: len(settings.definitions.versions[v].features) for v in self.monitor.pairs
+        }
         self.complete_pairs = self._complete_count()
         self.interval_s = settings.drift_check_interval_ms / 1000
         self.next_report = time.monotonic() + self.interval_s

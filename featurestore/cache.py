@@ -1,26 +1,34 @@
 """The feature cache of a stack: the shared-memory segment (`shm`, which knows nothing of
-features) shaped by the feature versions this stack serves."""
+features) shaped by the definitions the stack serves — a slot per version of the file (a
+version's code is its place in the file) and rows as wide as its widest served vector."""
 
 from __future__ import annotations
 
-from featurestore.config import FEATURE_VERSIONS, Settings
-from featurestore.features.registry import REGISTRY
+from featurestore.config import Settings
+from featurestore.definitions import FeatureDefinitions, shipped_definitions
 from shm import FeatureCache
 
-CACHE_VERSIONS: tuple[str, ...] = FEATURE_VERSIONS  # a version's code is its place here
-CACHE_WIDTH = max(len(feature_set.features) for feature_set in REGISTRY.values())
+# The shape of a cache of the shipped file (tools and tests that use no file of their own).
+CACHE_VERSIONS: tuple[str, ...] = shipped_definitions().names
+CACHE_WIDTH: int = shipped_definitions().width
+
+
+def cache_shape(definitions: FeatureDefinitions) -> tuple[int, tuple[str, ...]]:
+    """(row width, versions) of the cache of these definitions."""
+    return definitions.width, definitions.names
 
 
 def open_cache(settings: Settings, *, wait_s: float = 5.0) -> FeatureCache:
     """Create or attach the cache of these settings, checking that it has their layout. With
     a store other hosts write (STORE_URL), the cache is a near cache: it serves hits only under
     a lease of MAX_STALENESS_MS that this host's listener renews (listener/, SPEC §15)."""
+    width, versions = cache_shape(settings.definitions)
     return FeatureCache.open(
         settings.cache_name,
         settings.cache_max_size,
         settings.cache_ttl_ms,
-        CACHE_WIDTH,
-        CACHE_VERSIONS,
+        width,
+        versions,
         wait_s=wait_s,
         lease_ms=settings.max_staleness_ms if settings.shared_store else 0,
     )

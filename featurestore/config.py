@@ -14,12 +14,12 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_DATA_DIR = "./data"
-FEATURE_VERSIONS = ("v1", "v2")
 STORE_SQLITE = "sqlite"  # the store backends, as /health and /metrics name them
 STORE_POSTGRESQL = "postgresql"
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
@@ -164,7 +164,12 @@ VARIABLES: dict[str, _Var] = {
     ),
     "CACHE_MAX_SIZE": _Var(_parse_int, 10_000, 1, 50_000_000, doc="cached feature vectors"),
     "CACHE_TTL_MS": _Var(_parse_int, 300_000, 1, 10**12, doc="age after which a vector is stale"),
-    "FEATURE_VERSION": _Var(_parse_str, "v1", choices=FEATURE_VERSIONS, doc="default version"),
+    "FEATURES_FILE": _Var(
+        _parse_str, "", doc="feature definitions (TOML); empty = the shipped file (v1, v2)"
+    ),
+    "FEATURE_VERSION": _Var(
+        _parse_str, "", doc="default version; empty = the first of the definitions file"
+    ),
     "ENABLE_VERSIONING": _Var(_parse_bool, True, doc="serve every version, not only the default"),
     "ENABLE_DRIFT_MONITORING": _Var(_parse_bool, True, doc="publish vectors to the drift process"),
     "DRIFT_CHECK_INTERVAL_MS": _Var(_parse_int, 60_000, 10, 10**9, doc="report publishing period"),
@@ -268,6 +273,7 @@ class Settings:
     cache_name: str
     cache_max_size: int
     cache_ttl_ms: int
+    features_file: str
     feature_version: str
     enable_versioning: bool
     enable_drift_monitoring: bool
@@ -322,7 +328,7 @@ class Settings:
             )
         values.update(overrides)
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
-        for name in ("zmq_curve_keys_dir", "api_tokens_file"):  # the same for every process
+        for name in ("zmq_curve_keys_dir", "api_tokens_file", "features_file"):  # every process
             if values[name]:
                 values[name] = str(Path(values[name]).expanduser().resolve())
         if not values["cache_name"]:
@@ -343,6 +349,7 @@ class Settings:
             )
         if self.drift_min_current > self.drift_window_size:
             raise ConfigError("DRIFT_MIN_CURRENT: must not exceed DRIFT_WINDOW_SIZE")
+        self.definitions  # noqa: B018 -- FEATURES_FILE and FEATURE_VERSION, read once here
         exposed = self.exposed_binds()
         if exposed and not self.allow_insecure_bind:  # SPEC §11
             raise ConfigError(f"{exposed[0]} or set ALLOW_INSECURE_BIND=true")
@@ -377,10 +384,22 @@ class Settings:
         """Other hosts may write the store: cache hits need a fresh listener (SPEC §15)."""
         return self.store_backend == STORE_POSTGRESQL
 
-    @property
+    @cached_property
+    def definitions(self):  # -> featurestore.definitions.FeatureDefinitions
+        """The feature definitions of FEATURES_FILE (read once per process and path)."""
+        from featurestore.definitions import definitions_of
+
+        return definitions_of(self)
+
+    @cached_property
+    def default_version(self) -> str:
+        """FEATURE_VERSION, or the first version of the definitions file."""
+        return self.feature_version or self.definitions.names[0]
+
+    @cached_property
     def versions(self) -> tuple[str, ...]:
         """The feature versions this service serves."""
-        return FEATURE_VERSIONS if self.enable_versioning else (self.feature_version,)
+        return self.definitions.names if self.enable_versioning else (self.default_version,)
 
     def as_env(self) -> dict[str, str]:
         """The settings as environment variables, to start another process with the same view."""

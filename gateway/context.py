@@ -45,7 +45,9 @@ class Gateway:
             cache=open_cache(settings),
             client=client,
             started=time.monotonic(),
-            definitions_json=msgspec.json.encode(definitions(settings.versions)),
+            definitions_json=msgspec.json.encode(
+                definitions(settings.definitions, settings.versions)
+            ),
             openapi_json=msgspec.json.encode(openapi_document(settings, routes)),
         )
 

@@ -18,7 +18,6 @@ import msgspec
 
 from featurestore.config import Settings
 from featurestore.errors import HTTP_STATUS, Code
-from featurestore.features.registry import REGISTRY
 from featurestore.security.tokens import Scope
 from featurestore.wire import messages as m
 from gateway.auth import required_scope
@@ -36,7 +35,11 @@ CODE_NOTES = {
 
 
 class Event(m.Message):
-    """An event of POST /events (checked field by field: errors [{index, field, reason}])."""
+    """An event of POST /events (checked field by field: errors [{index, field, reason}]),
+    with the fields of the definitions file served."""
+
+    # `value` and `category` stand for a numeric and a categorical field: `_event_fields`
+    # replaces them by the fields of the definitions file.
 
     entity_id: m.Identifier
     timestamp: m.Timestamp
@@ -121,7 +124,10 @@ def openapi_document(settings: Settings, routes: list) -> dict:
             "title": "featurestore",
             "version": "1",
             "description": "Feature store HTTP API. Versions: "
-            + ", ".join(f"{v} ({len(REGISTRY[v].features)} features)" for v in settings.versions),
+            + ", ".join(
+                f"{v} ({len(settings.definitions.versions[v].features)} features)"
+                for v in settings.versions
+            ),
         },
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": schemas},
@@ -207,13 +213,14 @@ def _ref(name: str) -> dict:
 
 def _refine(schemas: dict, settings: Settings) -> None:
     """What the registry knows and the types do not: the versions served, the feature names."""
-    names = sorted({f.name for v in settings.versions for f in REGISTRY[v].features})
+    definitions = settings.definitions
+    names = sorted({f.name for v in settings.versions for f in definitions.versions[v].features})
     version = {"anyOf": [{"enum": list(settings.versions)}, {"type": "null"}]}
     for name in ("GetRequest", "BatchRequest", "HistoricalRequest", "DriftBaselineRequest"):
         properties = schemas[name]["properties"]
         properties["version"] = {
             **version,
-            "description": f"absent or null = FEATURE_VERSION ({settings.feature_version})",
+            "description": f"absent or null = FEATURE_VERSION ({settings.default_version})",
         }
         if "features" in properties:
             properties["features"] = {
@@ -224,3 +231,20 @@ def _refine(schemas: dict, settings: Settings) -> None:
                 "description": "feature names; absent, null or empty = all, in registry order",
             }
     schemas["IngestRequest"]["properties"]["events"]["items"] = _ref("Event")
+    _event_fields(schemas["Event"], definitions.schema)
+
+
+def _event_fields(event: dict, schema) -> None:
+    """The Event schema with the definitions' fields: a numeric field is a number (nullable
+    unless required), a categorical one an identifier or null."""
+    properties = event["properties"]
+    numeric = {k: v for k, v in properties.pop("value").items() if k != "default"}
+    categorical = properties.pop("category")
+    for field in schema.fields:
+        if field.kind == "numeric":
+            properties[field.name] = (
+                numeric if field.required else {"anyOf": [numeric, {"type": "null"}]}
+            )
+        else:
+            properties[field.name] = categorical
+    event["required"] = ["entity_id", "timestamp", *schema.required]

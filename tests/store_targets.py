@@ -16,7 +16,7 @@ import psycopg
 from featurestore.config import Settings
 from featurestore.store.base import EventStore
 from featurestore.store.batch import EVENT_DTYPE
-from featurestore.store.factory import open_store
+from featurestore.store.factory import open_event_store
 from featurestore.store.pg_schema import SCHEMA
 from featurestore.store.sqlite import DB_FILENAME
 
@@ -41,7 +41,7 @@ class Target:
         settings = self.settings
         if overrides:
             settings = Settings.from_env({**settings.as_env(), **overrides})
-        return open_store(settings, role="test")
+        return open_event_store(settings, role="test")
 
     def reset(self) -> None:
         """An empty store: no file, or no `featurestore` schema."""

@@ -27,7 +27,7 @@ from featurestore.store.base import STORE_OK, EventStore
 from featurestore.store.errors import STORE_RETRY_AFTER_S, StoreUnavailable
 from featurestore.validation.decoding import decoded_payload
 from featurestore.validation.events import EventColumns, checked_columns, validate_events
-from featurestore.validation.requests import entity_id_of
+from featurestore.validation.requests import entity_id_of, version_of
 from featurestore.wire.backend import Job, error_result_frames, result_frames
 from featurestore.wire.frames import get_array, put_array
 from featurestore.wire.messages import (
@@ -86,6 +86,7 @@ class Handlers:
         figures: Figures | None = None,
     ) -> None:
         self.settings = settings
+        self.definitions = settings.definitions
         self.store = store
         self.cache = cache
         self.publisher = publisher
@@ -124,6 +125,7 @@ class Handlers:
                     payload.events,
                     self.settings.events_max_per_request,
                     self.settings.max_event_future_ms,
+                    self.definitions.schema,
                 )
                 return self.ingest(columns, job.request_id)
             case IngestColumns():
@@ -132,6 +134,7 @@ class Handlers:
                     job.blocks,
                     self.settings.events_max_per_request,
                     self.settings.max_event_future_ms,
+                    self.definitions.schema,
                 )
                 return self.ingest(columns, job.request_id)
             case DeleteRequest():
@@ -142,8 +145,9 @@ class Handlers:
         """The features, and their compute time in ms (for the broker's statistics)."""
         started = time.perf_counter()
         codes, uniques = distinct(entity_ids)
+        features = self.definitions.versions[version_of(version, self.settings)]
         batch = self.store.read(uniques)
-        matrix = compute(batch, codes, as_of, version, self.store.category_names())
+        matrix = compute(batch, codes, as_of, features, self.store.label_names())
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.figures.computes += int(matrix.found.sum())
         self.figures.compute_ms += elapsed_ms

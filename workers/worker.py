@@ -26,7 +26,7 @@ from featurestore.errors import Code, ServiceError
 from featurestore.ops.logs import rid
 from featurestore.security.curve import CurveClient
 from featurestore.store.errors import StoreCorrupt
-from featurestore.store.factory import open_store
+from featurestore.store.factory import open_event_store
 from featurestore.wire.backend import decode_job, error_result_frames
 from featurestore.wire.frames import POLLIN, SERVICE_FEATURES, W_JOB, ProtocolError, copy_small
 from featurestore.wire.link import BrokerLink
@@ -67,7 +67,12 @@ class ComputeThread(threading.Thread):
         pair.setsockopt(zmq.LINGER, 0)
         pair.connect(self.address)
         try:
-            store = open_store(self.settings, role=f"worker-{self.worker_id}")
+            store = open_event_store(self.settings, role=f"worker-{self.worker_id}")
+            definitions = self.settings.definitions
+            store.record_versions(  # a changed served version stops the worker (EXIT_CONFIG)
+                {v: definitions.versions[v].content_hash for v in self.settings.versions},
+                definitions.source,
+            )
             cache = open_cache(self.settings)
             publisher = VectorPublisher(
                 self.context,

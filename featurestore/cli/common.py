@@ -18,6 +18,7 @@ from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_FAILURE
 
 if TYPE_CHECKING:
+    from featurestore.definitions.model import FeatureSet
     from featurestore.store.base import EventStore
 
 
@@ -48,12 +49,11 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def open_event_store(settings: Settings) -> EventStore:
-    """The store of the settings (SQLite under DATA_DIR, or STORE_URL's PostgreSQL) with the
-    service's retentions. StoreCorrupt and StoreUnavailable reach `main`, which prints them
-    as one line."""
-    from featurestore.store.factory import open_store
+    """The store of the settings (featurestore/store/factory.py). StoreCorrupt, StoreUnavailable
+    and SchemaMismatch reach `main`, which prints them as one line."""
+    from featurestore.store import factory
 
-    return open_store(settings, role="cli")
+    return factory.open_event_store(settings)
 
 
 @contextmanager
@@ -88,3 +88,34 @@ def progress_bar(total: int | None, unit: str, label: str) -> Iterator[Callable[
         dynamic_ncols=True,
     ) as bar:
         yield bar.update
+
+
+def definitions_option(parser: argparse.ArgumentParser) -> None:
+    """`--definitions FILE`: compute from this definitions file instead of FEATURES_FILE (to
+    try a version on real data before serving it)."""
+    parser.add_argument(
+        "--definitions",
+        default=None,
+        metavar="FILE",
+        help="feature definitions to compute with (default FEATURES_FILE)",
+    )
+
+
+def chosen_features(args: argparse.Namespace, settings: Settings, store: EventStore) -> FeatureSet:
+    """The version a computing command uses: `--version` (default FEATURE_VERSION, or the
+    first of the file) of `--definitions FILE` or of the served definitions. A trial file's
+    fields must be readable from the store (`layout.check_readable`)."""
+    from featurestore.definitions import load_definitions
+    from featurestore.store.layout import check_readable
+
+    if args.definitions:
+        defs = load_definitions(args.definitions)  # DefinitionsError: EXIT_CONFIG
+        check_readable(store.layout, defs.schema, defs.source)
+        versions = defs.names
+        default = versions[0]
+    else:
+        defs, versions, default = settings.definitions, settings.versions, settings.default_version
+    version = args.version or default
+    if version not in versions:
+        raise CommandError(f"unknown version {version!r}; valid: {', '.join(versions)}")
+    return defs.versions[version]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featurestore.cli.common import CommandError, common_options, open_event_store, running_cache
+from featurestore.cli.common import (
+    CommandError,
+    chosen_features,
+    common_options,
+    definitions_option,
+    open_event_store,
+    running_cache,
+)
 from featurestore.config import Settings
 from featurestore.exitcodes import EXIT_NOT_FOUND
 
@@ -17,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("entity_id")
     show.add_argument("--version", default=None, help="feature version (default FEATURE_VERSION)")
     show.add_argument("--as-of", default=None, help="epoch ms or ISO-8601 (default: now)")
+    definitions_option(show)
     show.set_defaults(run=run_features)
     delete = sub.add_parser("delete", parents=[common_options()], help="delete an entity's events")
     delete.add_argument("entity_id")
@@ -53,14 +61,12 @@ def run_features(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.features.vectors import VectorView
 
     _check_entity(args.entity_id)
-    version = args.version or settings.feature_version
-    if version not in settings.versions:
-        raise CommandError(f"unknown version {version!r}; valid: {', '.join(settings.versions)}")
     as_of = _as_of(args.as_of)
     store = open_event_store(settings)
     try:
+        features = chosen_features(args, settings, store)
         batch = store.read([args.entity_id])
-        matrix = compute(batch, np.zeros(1, dtype=np.int64), as_of, version, store.category_names())
+        matrix = compute(batch, np.zeros(1, dtype=np.int64), as_of, features, store.label_names())
     finally:
         store.close()
     if not matrix.found[0]:
@@ -76,8 +82,8 @@ def run_features(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_NOT_FOUND
     body = {
         "entity_id": args.entity_id,
-        "features": VectorView(version).to_dict(matrix.values[0]),
-        "version": version,
+        "features": VectorView(features).to_dict(matrix.values[0]),
+        "version": features.version,
         "timestamp": as_of,
     }
     print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from featurestore.cli.common import CommandError, common_options, open_event_store, progress_bar
+from featurestore.cli.common import (
+    CommandError,
+    chosen_features,
+    common_options,
+    definitions_option,
+    open_event_store,
+    progress_bar,
+)
 from featurestore.config import Settings
 
 
@@ -23,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--version", default=None, help="feature version (default FEATURE_VERSION)")
     parser.add_argument("--features", default="", help="comma-separated names (default all)")
+    definitions_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -30,27 +38,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.offline.compute import generate_file, select_features
     from featurestore.offline.files import FileError, count_rows, output_format
 
-    version = args.version or settings.feature_version
-    if version not in settings.versions:
-        raise CommandError(f"unknown version {version!r}; valid: {', '.join(settings.versions)}")
     requested = [n.strip() for n in args.features.split(",") if n.strip()]
+    store = open_event_store(settings)
     try:
-        names = select_features(version, requested)
-    except KeyError as exc:
-        raise CommandError(f"unknown feature(s) {exc.args[0]} in {version}") from None
-    try:
-        output_format(args.output)
-        total = count_rows(args.rows)
-        store = open_event_store(settings)
+        features = chosen_features(args, settings, store)
         try:
+            names = select_features(features, requested)
+        except KeyError as exc:
+            raise CommandError(f"unknown feature(s) {exc.args[0]} in {features.version}") from None
+        try:
+            output_format(args.output)
+            total = count_rows(args.rows)
             with progress_bar(total, "rows", "generate") as advance:
                 summary = generate_file(
-                    store, args.rows, args.output, version=version, names=names, progress=advance
+                    store, args.rows, args.output, version=features, names=names, progress=advance
                 )
-        finally:
-            store.close()
-    except (FileError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+        except (FileError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        store.close()
     rate = summary.rows / summary.seconds if summary.seconds else float("inf")
     print(
         f"generate: {summary.rows} rows ({summary.found} with data) -> {args.output} "

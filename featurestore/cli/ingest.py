@@ -43,6 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 settings.max_event_future_ms,
                 progress=advance,
                 on_commit=invalidate,
+                schema=settings.definitions.schema,
             )
     except FileError as exc:
         raise CommandError(f"{exc} (nothing was stored)") from None

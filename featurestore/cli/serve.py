@@ -60,10 +60,10 @@ def _port_open(host: str, port: int) -> bool:
 
 def _fill_demo(settings: Settings) -> None:
     from featurestore.offline.demo import MEAN_EVENTS, default_end_ms, write_demo
-    from featurestore.store.factory import open_store
+    from featurestore.store.factory import open_event_store
     from featurestore.timestamps import now_ms
 
-    store = open_store(settings, role="serve")
+    store = open_event_store(settings, role="serve")
     try:
         if store.counts()["events"]:
             return
@@ -131,7 +131,7 @@ def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.security.curve import check_keys
-    from featurestore.store.factory import open_store
+    from featurestore.store.factory import open_event_store
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
     with _take_data_dir(settings) as lock:
@@ -139,9 +139,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(f"port {settings.port} is already in use (another service?)")
         check_keys(settings)  # a bad key or tokens file: EXIT_CONFIG now, not from supervisord
         tokens_from_settings(settings)
-        # Pre-flight: a corrupt or foreign store is reported here in one line (and migrated
-        # here, once, before any worker opens it).
-        open_store(settings, role="serve").close()
+        # Pre-flight: a bad definitions file, a corrupt or foreign store, fields that do not
+        # fit the store or a changed served version are reported here in one line (and the
+        # store migrated here, once, before any worker opens it).
+        definitions = settings.definitions
+        store = open_event_store(settings, role="serve")
+        try:
+            store.record_versions(
+                {v: definitions.versions[v].content_hash for v in settings.versions},
+                definitions.source,
+            )
+        finally:
+            store.close()
         if args.demo:
             _fill_demo(settings)
         return _serve(settings, lock)

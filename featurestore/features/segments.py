@@ -19,6 +19,7 @@ import numpy as np
 CANCELLATION_RATIO = 2.0**-20
 MIN_SORT_WIDTH = 8
 OVERFLOW_SCALE = 2.0**-64  # exact scaling for sums of values near the float64 maximum
+MS_PER_DAY = 86_400_000
 
 
 def exact_fsum(values: list[float]) -> float:
@@ -58,6 +59,25 @@ def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray | float) -> np.ndarray:
     diff = b - a
     out = a + diff * t
     return np.where(np.asarray(t) >= 0.5, b - diff * (1 - np.asarray(t)), out)
+
+
+def slope(ts: np.ndarray, x: np.ndarray, starts: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Least-squares slope of x against time in days per segment, time centred; NaN when a
+    segment has fewer than 2 values or all at one time."""
+    if ts.size == 0:
+        return np.full(n.size, np.nan)
+    first_ts = ts[np.minimum(starts, ts.size - 1)]  # garbage where n == 0
+    last_ts = ts[np.clip(starts + n - 1, 0, ts.size - 1)]
+    offset = ts - np.repeat(first_ts, n)  # int64 ms since the segment's first event
+    mean_offset = segment_sum(offset, starts, n) / np.maximum(n, 1)
+    t_days = (offset - np.repeat(mean_offset, n)) / MS_PER_DAY
+    mean_x = segment_sum(x, starts, n) / np.maximum(n, 1)
+    x_centred = x - np.repeat(mean_x, n)
+    sxy = segment_sum(t_days * x_centred, starts, n)
+    sxx = segment_sum(t_days * t_days, starts, n)
+    defined = (n >= 2) & (last_ts != first_ts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined, sxy / np.where(defined, sxx, 1.0), np.nan)
 
 
 @dataclass
@@ -101,6 +121,16 @@ class SortedRows:
             dev.sort(axis=1)
             buckets.append((rows, dev))
         return SortedRows(buckets, self.lengths)
+
+    def distinct(self) -> np.ndarray:
+        """The number of distinct values of each segment (0 for an empty one)."""
+        out = np.zeros(self.lengths.size, dtype=np.float64)
+        for rows, matrix in self.buckets:
+            n = self.lengths[rows]
+            changes = matrix[:, 1:] != matrix[:, :-1]
+            inside = np.arange(1, matrix.shape[1])[None, :] < n[:, None]
+            out[rows] = 1 + (changes & inside).sum(axis=1)
+        return out
 
     def upper_middle_is_zero(self) -> np.ndarray:
         """True where the element at index n // 2 of the sorted segment is exactly 0."""
@@ -172,8 +202,9 @@ class SegmentStats:
         return (self.lengths > 0) & (self.exact_sum == 0)
 
     @cached_property
-    def std(self) -> np.ndarray:
-        """Sample standard deviation (ddof=1); exactly 0 iff all values are equal; NaN if n < 2."""
+    def _variance(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sum of squared deviations / (n - 1) of the rescaled values, the power-of-two
+        exponent each segment was scaled by, whether any was)."""
         centred = self.flat - np.repeat(self.mean, self.lengths)
         # Squares of tiny deviations underflow to 0 (e.g. [1e-200, 2e-200] would get std 0):
         # a segment whose spread is tiny (or huge) is scaled by a power of two first (exact;
@@ -189,27 +220,58 @@ class SegmentStats:
         squares = segment_sum(centred * centred, self.starts, self.lengths)
         with np.errstate(invalid="ignore", divide="ignore"):
             squares = np.maximum(squares - deviation_sum * deviation_sum / self.n, 0.0)
-            std = np.sqrt(squares / (self.n - 1))
-        if rescale.any():
+            return squares / (self.n - 1), exponent, rescale.any()
+
+    @cached_property
+    def std(self) -> np.ndarray:
+        """Sample standard deviation (ddof=1); exactly 0 iff all values are equal; NaN if n < 2."""
+        variance, exponent, rescaled = self._variance
+        std = np.sqrt(variance)
+        if rescaled:
             std = np.ldexp(std, exponent)
         std = np.where(self.constant, 0.0, std)
         return np.where(self.lengths >= 2, std, np.nan)
 
     @cached_property
+    def var(self) -> np.ndarray:
+        """Sample variance (ddof=1); exactly 0 iff all values are equal; NaN if n < 2."""
+        variance, exponent, rescaled = self._variance
+        if rescaled:
+            with np.errstate(over="ignore"):
+                variance = np.ldexp(variance, 2 * exponent)
+        variance = np.where(self.constant, 0.0, variance)
+        return np.where(self.lengths >= 2, variance, np.nan)
+
+    @cached_property
     def sorted(self) -> SortedRows:
         return SortedRows.build(self.flat, self.starts, self.lengths)
 
+    def quantile(self, q: float) -> np.ndarray:
+        """The q-quantile of each segment (NumPy's linear interpolation), kept per q."""
+        found = self._quantiles.get(q)
+        if found is None:
+            found = self._quantiles[q] = self.sorted.quantile(q)
+        return found
+
     @cached_property
+    def _quantiles(self) -> dict[float, np.ndarray]:
+        return {}
+
+    @property
     def median(self) -> np.ndarray:
-        return self.sorted.quantile(0.5)
+        return self.quantile(0.5)
 
-    @cached_property
+    @property
     def q25(self) -> np.ndarray:
-        return self.sorted.quantile(0.25)
+        return self.quantile(0.25)
+
+    @property
+    def q75(self) -> np.ndarray:
+        return self.quantile(0.75)
 
     @cached_property
-    def q75(self) -> np.ndarray:
-        return self.sorted.quantile(0.75)
+    def distinct(self) -> np.ndarray:
+        return self.sorted.distinct()
 
     @cached_property
     def mad(self) -> np.ndarray:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from featurestore.features.registry import feature_set
+from featurestore.definitions.model import FeatureSet
 
 
 class VectorView:
     """Slices and converts full vectors of one version for a requested list of names.
 
     Built once per (version, names) and reused: requests with the same selection share it.
+    `features` is a loaded version (a name: of the shipped file).
     """
 
-    def __init__(self, version: str, names: list[str] | None = None) -> None:
-        features = feature_set(version)
-        self.version = version
+    def __init__(self, features: FeatureSet | str, names: list[str] | None = None) -> None:
+        if isinstance(features, str):
+            from featurestore.features.registry import feature_set
+
+            features = feature_set(features)
+        self.features = features
+        self.version = features.version
         self.names = list(names) if names else features.names
         self.columns = features.index_of(self.names).tolist()
         int_mask = features.int_mask

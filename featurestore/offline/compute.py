@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featurestore.definitions.model import FeatureSet
 from featurestore.features.engine import compute
 from featurestore.features.registry import feature_set
 from featurestore.offline.files import (
@@ -40,9 +41,14 @@ class GenerateSummary:
     seconds: float
 
 
-def select_features(version: str, names: list[str] | None) -> list[str]:
-    """The requested feature names (all when None/empty), checked against the registry."""
-    known = feature_set(version)
+def _features(version: FeatureSet | str) -> FeatureSet:
+    return version if isinstance(version, FeatureSet) else feature_set(version)
+
+
+def select_features(version: FeatureSet | str, names: list[str] | None) -> list[str]:
+    """The requested feature names (all when None/empty), checked against the version (a
+    loaded one, or a name of the shipped file)."""
+    known = _features(version)
     if not names:
         return known.names
     unknown = known.unknown(names)
@@ -55,14 +61,14 @@ def feature_frame(
     store: EventStore,
     entity_ids: np.ndarray,
     as_of_ms: np.ndarray,
-    version: str,
+    version: FeatureSet | str,
     names: list[str],
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Feature columns (in `names` order; int features as nullable Int64) and the found mask."""
+    features = _features(version)
     codes, uniques = pd.factorize(entity_ids)
     batch = store.read(list(uniques))
-    matrix = compute(batch, codes, as_of_ms, version, store.category_names())
-    features = feature_set(version)
+    matrix = compute(batch, codes, as_of_ms, features, store.label_names())
     columns = features.index_of(names)
     int_mask = features.int_mask
     data = {}
@@ -83,7 +89,7 @@ def generate_file(
     rows_path: str | Path,
     output_path: str | Path,
     *,
-    version: str,
+    version: FeatureSet | str,
     names: list[str],
     progress: Callable[[int], None] | None = None,
     chunk_rows: int = GENERATE_CHUNK_ROWS,
@@ -92,15 +98,16 @@ def generate_file(
     started = time.perf_counter()
     source = Path(rows_path)
     rows = found = 0
-    with FrameWriter(output_path, metadata={VERSION_METADATA_KEY: version}) as writer:
+    features = _features(version)
+    with FrameWriter(output_path, metadata={VERSION_METADATA_KEY: features.version}) as writer:
         for chunk in read_chunks(source, ROW_REQUIRED, chunk_rows=chunk_rows):
             entity_ids = check_identifiers(source, chunk, "entity_id", rows, required=True)
             as_of = check_timestamps(source, chunk, rows)
-            features, hit = feature_frame(store, entity_ids, as_of, version, names)
+            columns, hit = feature_frame(store, entity_ids, as_of, features, names)
             out = pd.DataFrame(
                 {"entity_id": entity_ids, "timestamp": normalise_row_timestamps(chunk["timestamp"])}
             )
-            out = pd.concat([out.reset_index(drop=True), features], axis=1)
+            out = pd.concat([out.reset_index(drop=True), columns], axis=1)
             out["status"] = np.where(hit, STATUS_OK, STATUS_NOT_FOUND)
             writer.write(out)
             rows += len(chunk)

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from featurestore.definitions.model import NUMERIC, EventSchema
 from featurestore.store.columns import EventColumns
 from featurestore.timestamps import TimestampError, parse_timestamp_column
 from featurestore.validation.identifiers import CONTROL_PATTERN, MAX_ID_BYTES
@@ -25,7 +26,7 @@ from featurestore.validation.identifiers import CONTROL_PATTERN, MAX_ID_BYTES
 CHUNK_ROWS = 100_000
 CSV_BLOCK_BYTES = 4 << 20
 JSON_SLICE_ROWS = 10_000  # rows of an output chunk turned into Python objects at a time
-EVENT_REQUIRED = ("entity_id", "timestamp", "value")
+EVENT_REQUIRED = ("entity_id", "timestamp", "value")  # the default schema's event columns
 EVENT_OPTIONAL = ("category", "event_id")
 ROW_REQUIRED = ("entity_id", "timestamp")
 _FORMATS = {
@@ -71,16 +72,29 @@ def count_rows(path: str | Path) -> int | None:
     return None
 
 
+def event_columns(schema: EventSchema) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) columns of an event file of this schema."""
+    required = ("entity_id", "timestamp", *schema.required)
+    optional = (*(f.name for f in schema.fields if not f.required), "event_id")
+    return required, optional
+
+
 def read_chunks(
     path: str | Path,
     required: tuple[str, ...],
     optional: tuple[str, ...] = (),
     chunk_rows: int = CHUNK_ROWS,
+    *,
+    strict: bool = False,
 ) -> Iterator[pd.DataFrame]:
-    """The file's `required` and present `optional` columns, chunk by chunk.
+    """The file's `required` and present `optional` columns, chunk by chunk; `strict`: any
+    other column is an error (event files: an undeclared field is refused, never dropped).
 
     CSV cells are read as strings (an empty cell is null); Parquet keeps its column types.
     """
+    required, optional = tuple(required), tuple(optional)
+    if strict:
+        optional = (*optional, _STRICT)
     source = Path(path)
     kind = file_format(source)
     if not source.is_file():
@@ -95,6 +109,9 @@ def read_chunks(
         yield from _jsonl_chunks(source, required, optional, chunk_rows)
 
 
+_STRICT = "\x00strict"  # a marker among the optional columns: refuse any other column
+
+
 def _columns(
     source: Path, names: list[str], required: tuple[str, ...], optional: tuple[str, ...]
 ) -> list[str]:
@@ -103,6 +120,14 @@ def _columns(
         raise FileError(
             f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(names) or 'none'}"
         )
+    if _STRICT in optional:
+        known = set(required) | set(optional)
+        unknown = [c for c in names if c not in known]
+        if unknown:
+            raise FileError(
+                f"{source}: column(s) {', '.join(unknown)} are not declared event fields "
+                f"(declared: {', '.join(c for c in (*required, *optional) if c != _STRICT)})"
+            )
     return [*required, *(c for c in optional if c in names)]
 
 
@@ -232,58 +257,78 @@ def check_timestamps(
     return ts
 
 
-def check_values(source: Path, frame: pd.DataFrame, offset: int) -> np.ndarray:
-    column = frame["value"]
+def check_values(
+    source: Path, frame: pd.DataFrame, offset: int, name: str = "value", *, required: bool = True
+) -> np.ndarray:
+    """A numeric field's column as float64: finite numbers, empty cells NaN (missing) unless
+    the field is required."""
+    column = frame[name]
     if pd.api.types.is_bool_dtype(column):
-        raise _bad(source, offset, 0, "value", "must be a number, not a boolean")
+        raise _bad(source, offset, 0, name, "must be a number, not a boolean")
     if column.dtype == object:  # JSON Lines with mixed types: true must not become 1
         flags = column.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
         if flags.any():
             row = int(np.flatnonzero(flags)[0])
-            raise _bad(source, offset, row, "value", "must be a number, not a boolean")
+            raise _bad(source, offset, row, name, "must be a number, not a boolean")
         if file_format(source) == "jsonl":  # a JSON string is not a number ("1.5" neither)
             text = column.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
             if text.any():
                 row = int(np.flatnonzero(text)[0])
-                raise _bad(source, offset, row, "value", "must be a number, not a string")
+                raise _bad(source, offset, row, name, "must be a number, not a string")
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(numbers)
+    if not required:
+        bad &= ~column.isna().to_numpy()  # an empty cell: the event lacks the field
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         reason = "is required" if pd.isna(column.iloc[row]) else "must be a finite number"
-        raise _bad(source, offset, row, "value", reason)
+        raise _bad(source, offset, row, name, reason)
     return numbers
 
 
 def validate_event_frame(
-    source: Path, frame: pd.DataFrame, offset: int, latest_ms: int, *, materialize: bool = True
+    source: Path,
+    frame: pd.DataFrame,
+    offset: int,
+    latest_ms: int,
+    *,
+    materialize: bool = True,
+    schema: EventSchema | None = None,
 ) -> EventColumns | None:
-    """One chunk of an event file, checked and turned into store columns (strings as
-    str/None objects); `materialize=False` only checks it."""
+    """One chunk of an event file of this schema (default: the shipped file's), checked and
+    turned into store columns (strings as str/None objects); `materialize=False` only checks
+    it."""
+    schema = schema or _shipped_schema()
     entity_ids = check_identifiers(
         source, frame, "entity_id", offset, required=True, materialize=materialize
     )
     ts = check_timestamps(source, frame, offset, latest_ms)
-    values = check_values(source, frame, offset)
-    optional = {
-        column: (
-            check_identifiers(
-                source, frame, column, offset, required=False, materialize=materialize
-            )
-            if column in frame
-            else np.full(len(frame), None, dtype=object)
-        )
-        for column in EVENT_OPTIONAL
+    numeric = {
+        f.name: check_values(source, frame, offset, f.name, required=f.required)
+        for f in schema.fields
+        if f.kind == NUMERIC and f.name in frame
     }
+
+    def strings(column: str) -> np.ndarray | None:
+        if column not in frame:
+            return np.full(len(frame), None, dtype=object)
+        return check_identifiers(
+            source, frame, column, offset, required=False, materialize=materialize
+        )
+
+    categorical = {name: strings(name) for name in schema.categorical}
+    event_ids = strings("event_id")
     if not materialize:
         return None
     return EventColumns(
-        entity_id=entity_ids,
-        ts=ts,
-        value=values,
-        category=optional["category"],
-        event_id=optional["event_id"],
+        entity_ids, ts, event_id=event_ids, numeric=numeric, categorical=categorical
     )
+
+
+def _shipped_schema() -> EventSchema:
+    from featurestore.definitions import shipped_definitions
+
+    return shipped_definitions().schema
 
 
 def normalise_row_timestamps(column: pd.Series) -> pd.Series:
@@ -295,8 +340,10 @@ def normalise_row_timestamps(column: pd.Series) -> pd.Series:
     return column
 
 
-def frame_to_columns(frame: pd.DataFrame) -> EventColumns:
-    """A validated ingest frame as store columns (None where a cell is empty)."""
+def frame_to_columns(frame: pd.DataFrame, schema: EventSchema | None = None) -> EventColumns:
+    """A validated ingest frame of this schema (default: the shipped file's) as store columns
+    (NaN / None where a cell is empty)."""
+    schema = schema or _shipped_schema()
 
     def strings(name: str) -> np.ndarray:
         if name not in frame:
@@ -305,11 +352,15 @@ def frame_to_columns(frame: pd.DataFrame) -> EventColumns:
         return column.where(column.notna(), None).to_numpy(dtype=object)
 
     return EventColumns(
-        entity_id=frame["entity_id"].astype(object).to_numpy(dtype=object),
-        ts=frame["timestamp"].to_numpy(dtype=np.int64),
-        value=frame["value"].to_numpy(dtype=np.float64),
-        category=strings("category"),
+        frame["entity_id"].astype(object).to_numpy(dtype=object),
+        frame["timestamp"].to_numpy(dtype=np.int64),
         event_id=strings("event_id"),
+        numeric={
+            name: frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            for name in schema.numeric
+            if name in frame
+        },
+        categorical={name: strings(name) for name in schema.categorical},
     )
 
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from featurestore.definitions.model import EventSchema
 from featurestore.offline.files import (
-    EVENT_OPTIONAL,
-    EVENT_REQUIRED,
     FileError,
+    event_columns,
     read_chunks,
     validate_event_frame,
 )
@@ -43,12 +43,13 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def validate_file(path: Path, max_future_ms: int) -> int:
+def validate_file(path: Path, max_future_ms: int, schema: EventSchema | None = None) -> int:
     """Check every row; the number of rows. FileError names the first bad row."""
     latest = now_ms() + max_future_ms
+    schema = schema or _shipped_schema()
     rows = 0
-    for chunk in read_chunks(path, EVENT_REQUIRED, EVENT_OPTIONAL):
-        validate_event_frame(path, chunk, rows, latest, materialize=False)
+    for chunk in read_chunks(path, *event_columns(schema), strict=True):
+        validate_event_frame(path, chunk, rows, latest, materialize=False, schema=schema)
         rows += len(chunk)
     if rows == 0:
         raise FileError(f"{path}: the file has a header but no rows")
@@ -61,19 +62,23 @@ def ingest_file(
     max_future_ms: int,
     progress: Callable[[int], None] | None = None,
     on_commit: Callable[[list[str]], None] | None = None,
+    *,
+    schema: EventSchema | None = None,
 ) -> FileIngestSummary:
-    """Validate the whole file, then store it in chunks; `on_commit` gets each chunk's
-    touched entity ids right after its commit (to invalidate cached vectors)."""
+    """Validate the whole file against the schema's fields (default: the shipped file's),
+    then store it in chunks; `on_commit` gets each chunk's touched entity ids right after its
+    commit (to invalidate cached vectors)."""
     source = Path(path)
-    total = validate_file(source, max_future_ms)
+    schema = schema or _shipped_schema()
+    total = validate_file(source, max_future_ms, schema)
     digest = file_digest(source)
     latest = now_ms() + max_future_ms
     rows = accepted = duplicates = 0
     touched: set[str] = set()
     for index, chunk in enumerate(
-        read_chunks(source, EVENT_REQUIRED, EVENT_OPTIONAL, chunk_rows=WRITE_CHUNK_ROWS)
+        read_chunks(source, *event_columns(schema), chunk_rows=WRITE_CHUNK_ROWS, strict=True)
     ):
-        columns = validate_event_frame(source, chunk, rows, latest)
+        columns = validate_event_frame(source, chunk, rows, latest, schema=schema)
         result = store.ingest(columns, request_id=f"file:{digest}:{index}", compact=False)
         if on_commit is not None:
             on_commit(result.entity_ids)
@@ -87,3 +92,9 @@ def ingest_file(
     if rows != total:
         raise FileError(f"{source}: the file changed while it was being ingested")
     return FileIngestSummary(rows, accepted, duplicates, len(touched))
+
+
+def _shipped_schema() -> EventSchema:
+    from featurestore.definitions import shipped_definitions
+
+    return shipped_definitions().schema

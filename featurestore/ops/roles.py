@@ -34,6 +34,7 @@ def run_role(
     restrict_new_files()
     try:
         settings = Settings.from_env()
+        settings.definitions  # noqa: B018 -- read and validated once, at start (FEATURES_FILE)
     except ConfigError as exc:
         return _fail(program, f"configuration error: {exc}", EXIT_CONFIG)
     die_with_parent()

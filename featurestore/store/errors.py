@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from featurestore.config import ConfigError
+
 STORE_RETRY_AFTER_S = 5  # what a caller refused with `store_unavailable` is asked to wait
 
 
@@ -31,3 +33,10 @@ class StoreUnavailable(StoreError):
 
 class StoreCorrupt(StoreError):
     """The store file is not a database, not ours, damaged or of an unknown schema."""
+
+
+class SchemaMismatch(ConfigError):
+    """The definitions' event fields do not fit the fields the store holds (a field removed,
+    its kind changed, an existing optional field made required, a new field required), or a
+    served version's definition changed under its recorded name. A configuration error: the
+    process stops with EXIT_CONFIG and this message."""

@@ -15,8 +15,10 @@ Tables (keys in COLLATE "C": strings compare and sort as bytes, as SPEC §3 says
 - `segments(entity_id, first_seq, n, events, event_ids)`: the packed per-entity segments of
   `segments.py` (bulk reads); `events` is stored uncompressed (STORAGE EXTERNAL), so a read
   is a copy, not a decompression;
-- `entities(entity_id, n_events, n_segments)`, `event_ids(event_id)`, `categories(label,
-  name)`, `requests(...)`: as in the SQLite store;
+- `entities(entity_id, n_events, n_segments)`, `event_ids(event_id)`, `requests(...)`,
+  `fields(position, name, kind, required)` (the record layout, `layout.py`), `labels(field,
+  label, name)` (per categorical field), `versions(name, content_hash, first_served_ms)`
+  (served versions are immutable): as in the SQLite store (its schema 3);
 - `counters(id = 1, next_seq, change_seq)`: ONE row. Every write that stores or deletes
   events updates it in its transaction, so those transactions commit one after the other in
   the order of their sequence numbers: event sequence numbers and change sequence numbers are
@@ -35,7 +37,18 @@ from featurestore.store.schema import APPLICATION_ID
 SCHEMA = "featurestore"
 SCHEMA_VERSION = 1
 TABLES = frozenset(
-    {"meta", "counters", "categories", "entities", "segments", "event_ids", "requests", "changes"}
+    {
+        "meta",
+        "counters",
+        "fields",
+        "labels",
+        "versions",
+        "entities",
+        "segments",
+        "event_ids",
+        "requests",
+        "changes",
+    }
 )
 CREATE_LOCK = 0x46536576_0001  # pg_advisory_xact_lock key of schema creation and migration
 
@@ -45,14 +58,21 @@ CREATE = (
     f"""CREATE TABLE {SCHEMA}.counters (
         id smallint PRIMARY KEY CHECK (id = 1),
         next_seq bigint NOT NULL, change_seq bigint NOT NULL)""",
-    f"""CREATE TABLE {SCHEMA}.categories (
-        label integer PRIMARY KEY, name text COLLATE "C" NOT NULL UNIQUE)""",
+    f"""CREATE TABLE {SCHEMA}.fields (
+        position integer PRIMARY KEY, name text COLLATE "C" NOT NULL UNIQUE,
+        kind text NOT NULL, required boolean NOT NULL)""",
+    f"""CREATE TABLE {SCHEMA}.labels (
+        field text COLLATE "C" NOT NULL, label integer NOT NULL, name text COLLATE "C" NOT NULL,
+        PRIMARY KEY (field, label), UNIQUE (field, name))""",
+    f"""CREATE TABLE {SCHEMA}.versions (
+        name text COLLATE "C" PRIMARY KEY, content_hash text NOT NULL,
+        first_served_ms bigint NOT NULL)""",
     f"""CREATE TABLE {SCHEMA}.entities (
         entity_id text COLLATE "C" PRIMARY KEY,
         n_events bigint NOT NULL, n_segments integer NOT NULL)""",
     f"""CREATE TABLE {SCHEMA}.segments (
         entity_id text COLLATE "C" NOT NULL, first_seq bigint NOT NULL, n integer NOT NULL,
-        events bytea NOT NULL, event_ids text COLLATE "C" NOT NULL,
+        events bytea NOT NULL, event_ids text COLLATE "C" NOT NULL, n_fields integer NOT NULL,
         PRIMARY KEY (entity_id, first_seq))""",
     f"ALTER TABLE {SCHEMA}.segments ALTER COLUMN events SET STORAGE EXTERNAL",
     f"""CREATE TABLE {SCHEMA}.event_ids (event_id text COLLATE "C" PRIMARY KEY)""",

@@ -1,8 +1,10 @@
 """The PostgreSQL event store (STORE_URL=postgresql://...): one store that several hosts share
 (SPEC §15), with every rule of SPEC §3.
 
-Layout: the packed per-entity segments of `segments.py`, as in the SQLite store (the schema,
-its versioning and the table of serialised counters: `pg_schema.py`). An ingest appends one
+Layout: the packed per-entity segments of `segments.py`, as in the SQLite store, with the
+record layout of the definitions' event fields (the schema, its versioning and the table of
+serialised counters: `pg_schema.py`; fields, labels per categorical field and served
+versions: `pg_catalog.py`). An ingest appends one
 segment per entity it touches with one binary COPY, and an entity past MAX_SEGMENTS
 segments is compacted into one in the same transaction, so a read of 1,000 entities is one
 indexed query returning a few thousand byte strings, never one row per event.
@@ -11,8 +13,8 @@ One ingest is one transaction (READ COMMITTED), in this order:
 1. the request id is claimed (`pg_requests.py`): a repeat waits for, then replays, the first;
 2. event ids are inserted (ON CONFLICT DO NOTHING, in sorted order): what comes back is new;
    an id another transaction is inserting at the same moment waits for that one's outcome;
-3. new category names, if any, take the `counters` row lock, read the labels committed
-   meanwhile and get the next labels: contiguous whatever the number of hosts;
+3. new names of a categorical field, if any, take the `counters` row lock, read the labels
+   committed meanwhile and get the next labels: contiguous whatever the number of hosts;
 4. `counters` gives the first event sequence number and the change sequence number (its row
    lock, held to the commit, is what orders these commits: short, taken last);
 5. segments (COPY), entities, compaction, the change log row and its NOTIFY (`changes.py`),
@@ -33,12 +35,14 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from featurestore.config import VARIABLES, Settings
-from featurestore.store import changes, pg_requests, requests
+from featurestore.config import VARIABLES
+from featurestore.definitions.model import EventSchema
+from featurestore.store import changes, pg_catalog, pg_requests, requests
 from featurestore.store.base import IngestResult
 from featurestore.store.batch import EventBatch
 from featurestore.store.columns import EventColumns
-from featurestore.store.labels import LabelBook
+from featurestore.store.layout import RecordLayout
+from featurestore.store.pg_catalog import PgLabels
 from featurestore.store.pg_connection import Connector, Session
 from featurestore.store.pg_schema import SCHEMA, ensure_schema
 from featurestore.store.segments import (
@@ -55,7 +59,11 @@ from featurestore.timestamps import now_ms
 COMPACT_BATCH = 2000
 DEFAULT_REQUEST_ID_RETENTION_MS: int = VARIABLES["REQUEST_ID_RETENTION_MS"].default
 DEFAULT_CHANGE_LOG_RETENTION_MS: int = VARIABLES["CHANGE_LOG_RETENTION_MS"].default
-SEGMENT_COLUMNS = ("text", "int8", "int4", "bytea", "text")
+SEGMENT_COLUMNS = ("text", "int8", "int4", "bytea", "text", "int4")
+_COPY_SEGMENTS = (
+    f"COPY {SCHEMA}.segments (entity_id, first_seq, n, events, event_ids, n_fields) "
+    "FROM STDIN (FORMAT BINARY)"
+)
 
 _NEW_EVENT_IDS = (
     f"INSERT INTO {SCHEMA}.event_ids (event_id) "
@@ -72,7 +80,10 @@ _ADD_ENTITIES = (
     "ON CONFLICT (entity_id) DO UPDATE SET n_events = e.n_events + excluded.n_events, "
     "n_segments = e.n_segments + 1 RETURNING entity_id, n_segments"
 )
-_READ = f"SELECT entity_id, first_seq, events FROM {SCHEMA}.segments WHERE entity_id = ANY(%s)"
+_READ = (
+    f"SELECT entity_id, first_seq, events, n_fields FROM {SCHEMA}.segments "
+    "WHERE entity_id = ANY(%s)"
+)
 
 
 class PostgresEventStore:
@@ -84,18 +95,30 @@ class PostgresEventStore:
         *,
         request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS,
         change_log_retention_ms: int = DEFAULT_CHANGE_LOG_RETENTION_MS,
+        schema: EventSchema | None = None,
+        schema_source: str = "the definitions",
     ) -> None:
+        """`schema`: the event fields to serve (default: the shipped file's), reconciled with
+        the fields the store holds at open (`layout.reconcile`; SchemaMismatch if they do not
+        fit)."""
+        if schema is None:
+            from featurestore.definitions import shipped_definitions
+
+            schema = shipped_definitions().schema
         self.session = Session(connector)
         self.name = connector.name
         self.path = self.name  # what messages name the store by (as SqliteEventStore.path)
         self.request_id_retention_ms = request_id_retention_ms
         self.change_log_retention_ms = change_log_retention_ms
-        self._book = LabelBook()
         try:
             self.session.read(lambda conn: ensure_schema(conn, self.name))
+            self.layout: RecordLayout = self.session.read(
+                lambda conn: pg_catalog.adopt_layout(conn, schema, schema_source)
+            )
         except BaseException:
             self.session.close()
             raise
+        self._labels = PgLabels(tuple(self.layout.categorical))
 
     def close(self) -> None:
         self.session.close()
@@ -112,7 +135,7 @@ class PostgresEventStore:
         return self.session.write(
             lambda conn: self._ingest(conn, events, request_id, digest, compact),
             replayable=request_id is not None,
-            on_rollback=self._book.forget,
+            on_rollback=self._labels.forget,
         )
 
     def _ingest(
@@ -136,13 +159,21 @@ class PostgresEventStore:
         n_new = int(np.count_nonzero(keep))
         touched: list[str] = []
         if n_new:
-            labels = self._labels_for(cur, np.asarray(events.category, dtype=object)[keep])
+            labels = {
+                name: self._labels.labels_for(
+                    cur, name, np.asarray(events.categorical_column(name), dtype=object)[keep]
+                )
+                for name in self.layout.categorical
+            }
             first_seq, change_seq = cur.execute(_TAKE_SEQUENCES, (n_new, n_new)).fetchone()
-            records = event_records(events, keep, labels, first_seq, now)
+            records = event_records(
+                events, keep, self.layout, labels, first_seq=first_seq, now_ms=now
+            )
             segments = pack_segments(
                 np.asarray(events.entity_id, dtype=object)[keep],
                 records,
                 np.asarray(events.event_id, dtype=object)[keep],
+                self.layout.n_fields,
             )
             touched = self._append(cur, segments, compact)
             changes.append(cur, change_seq, touched, now)
@@ -166,41 +197,10 @@ class PostgresEventStore:
             keep &= ~(has_id & ~ids.isin(new).to_numpy())
         return keep
 
-    def _labels_for(self, cur: psycopg.Cursor, categories: np.ndarray) -> np.ndarray:
-        """Labels of the kept events' categories; new names get the next labels under the
-        `counters` row lock (held to the commit), after reading what others committed."""
-        self._refresh_categories(cur)
-        if self._book.unknown(categories):
-            cur.execute(f"SELECT 1 FROM {SCHEMA}.counters WHERE id = 1 FOR UPDATE")
-            self._refresh_categories(cur)
-            new = self._book.unknown(categories)
-            if new:
-                rows = self._book.assign(new)
-                cur.execute(
-                    f"INSERT INTO {SCHEMA}.categories (label, name) "
-                    "SELECT * FROM unnest(%s::int4[], %s::text[])",
-                    ([r[0] for r in rows], [r[1] for r in rows]),
-                )
-        return self._book.encode(categories)
-
-    def _refresh_categories(self, cur: psycopg.Cursor | psycopg.Connection) -> None:
-        self._book.learn(
-            cur.execute(
-                f"SELECT label, name FROM {SCHEMA}.categories WHERE label >= %s ORDER BY label",
-                (self._book.known,),
-            ).fetchall()
-        )
-
     def _append(self, cur: psycopg.Cursor, segments: Segments, compact: bool) -> list[str]:
         """One new segment per entity (binary COPY), the entities' counts, and compaction of
         the entities that now have more than MAX_SEGMENTS segments."""
-        with cur.copy(
-            f"COPY {SCHEMA}.segments (entity_id, first_seq, n, events, event_ids) "
-            "FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(SEGMENT_COLUMNS)
-            for row in segments.rows():
-                copy.write_row(row)
+        _copy_segments(cur, segments.rows())
         chains = cur.execute(_ADD_ENTITIES, (segments.entity_ids, segments.counts)).fetchall()
         if compact:
             self._compact(cur, [entity for entity, n in chains if n > MAX_SEGMENTS])
@@ -208,9 +208,12 @@ class PostgresEventStore:
 
     def _compact(self, cur: psycopg.Cursor, entity_ids: list[str]) -> None:
         """Merge every segment of each entity into one, the entities' rows locked first (in
-        key order) so that no segment appended meanwhile is lost."""
+        key order) so that no segment appended meanwhile is lost, in the layout the store
+        records now (a host that opened the store before another added a field compacts
+        into the wider layout, never dropping that field)."""
         if not entity_ids:
             return
+        layout = self._stored_layout(cur)
         locked = cur.execute(
             f"SELECT entity_id FROM {SCHEMA}.entities WHERE entity_id = ANY(%s) "
             'ORDER BY entity_id COLLATE "C" FOR UPDATE',
@@ -218,28 +221,22 @@ class PostgresEventStore:
         ).fetchall()
         targets = [r[0] for r in locked]
         rows = cur.execute(
-            f"SELECT entity_id, first_seq, events, event_ids FROM {SCHEMA}.segments "
+            f"SELECT entity_id, first_seq, events, event_ids, n_fields FROM {SCHEMA}.segments "
             "WHERE entity_id = ANY(%s) ORDER BY entity_id, first_seq",
             (targets,),
         ).fetchall()
         merged, old_keys, old_seqs = [], [], []
         for entity, group in itertools.groupby(rows, key=lambda r: r[0]):
-            parts = [(r[1], bytes(r[2]), r[3]) for r in group]
+            parts = [(r[1], bytes(r[2]), r[3], r[4]) for r in group]
             old_keys += [entity] * len(parts)
             old_seqs += [p[0] for p in parts]
-            merged.append((entity, *merge_parts(parts)))
+            merged.append((entity, *merge_parts(parts, layout)))
         cur.execute(
             f"DELETE FROM {SCHEMA}.segments WHERE (entity_id, first_seq) IN "
             "(SELECT * FROM unnest(%s::text[], %s::int8[]))",
             (old_keys, old_seqs),
         )
-        with cur.copy(
-            f"COPY {SCHEMA}.segments (entity_id, first_seq, n, events, event_ids) "
-            "FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(SEGMENT_COLUMNS)
-            for row in merged:
-                copy.write_row(row)
+        _copy_segments(cur, merged)
         cur.execute(
             f"UPDATE {SCHEMA}.entities SET n_segments = 1 WHERE entity_id = ANY(%s)",
             ([m[0] for m in merged],),
@@ -267,22 +264,40 @@ class PostgresEventStore:
             with conn.cursor(binary=True) as cur:
                 return cur.execute(_READ, (wanted,)).fetchall()
 
-        blobs: dict[str, list[tuple[int, bytes]]] = {}
-        for entity, first_seq, events in self.session.read(query):
-            blobs.setdefault(entity, []).append((first_seq, events))
+        layout = self.layout
+        current = layout.n_fields
+        blobs: dict[str, list[tuple[int, bytes, int]]] = {}
+        wider = False
+        for entity, first_seq, events, n_fields in self.session.read(query):
+            blobs.setdefault(entity, []).append((first_seq, events, n_fields))
+            wider |= n_fields > current
+        stored = self.session.read(self._stored_layout) if wider else layout
         packed: dict[str, bytes] = {}
         for entity, parts in blobs.items():
-            if len(parts) == 1:
+            if len(parts) == 1 and parts[0][2] == current:
                 packed[entity] = parts[0][1]
-            else:
-                parts.sort()
-                packed[entity] = merge_segments([p[1] for p in parts]).tobytes()
-        batch = EventBatch.from_records(list(entity_ids), [packed.get(e, b"") for e in entity_ids])
+                continue
+            parts.sort()
+            merged = merge_segments([stored.records(p[1], p[2]) for p in parts])
+            if stored is not layout:
+                merged = pg_catalog.in_layout(merged, layout)
+            packed[entity] = merged.tobytes()
+        batch = EventBatch.from_records(
+            list(entity_ids), [packed.get(e, b"") for e in entity_ids], layout.dtype
+        )
         return batch if as_of_ms is None else batch.until(as_of_ms)
 
+    def _stored_layout(self, conn: psycopg.Connection | psycopg.Cursor) -> RecordLayout:
+        """The layout the store records now (all its fields, this process's or not)."""
+        return RecordLayout(pg_catalog.stored_fields(conn))
+
+    def label_names(self) -> dict[str, list[str]]:
+        """Label names of every categorical field, indexed by label (0 ... k-1)."""
+        return self.session.read(self._labels.names)
+
     def category_names(self) -> list[str]:
-        self.session.read(self._refresh_categories)
-        return list(self._book.names)
+        """Label names of the `category` field (the default schema's)."""
+        return self.label_names().get("category", [])
 
     def entity_ids(self) -> list[str]:
         query = f"SELECT entity_id FROM {SCHEMA}.entities ORDER BY entity_id"
@@ -293,8 +308,8 @@ class PostgresEventStore:
             entities, events = conn.execute(
                 f"SELECT count(*), coalesce(sum(n_events), 0) FROM {SCHEMA}.entities"
             ).fetchone()
-            categories = conn.execute(f"SELECT count(*) FROM {SCHEMA}.categories").fetchone()[0]
-            return {"entities": int(entities), "events": int(events), "categories": categories}
+            labels = conn.execute(f"SELECT count(*) FROM {SCHEMA}.labels").fetchone()[0]
+            return {"entities": int(entities), "events": int(events), "categories": labels}
 
         return self.session.read(query)
 
@@ -318,6 +333,20 @@ class PostgresEventStore:
             return sum(n for n, _ in rows)
 
         return self.session.write(body)
+
+    # ------------------------------------------------------------------ served versions
+    def served_versions(self) -> dict[str, str]:
+        """Each version served from this store (by any host): its content hash."""
+        return self.session.read(pg_catalog.served_versions)
+
+    def record_versions(self, hashes: dict[str, str], source: str = "the definitions") -> None:
+        """Record versions about to be served; SchemaMismatch naming the version and both
+        hashes when one was served before with another definition (versions are immutable)."""
+        self.session.write(lambda conn: pg_catalog.record_versions(conn, hashes, source))
+
+    def forget_version(self, name: str) -> bool:
+        """Drop a recorded version (it may be served again with any definition)."""
+        return self.session.write(lambda conn: pg_catalog.forget_version(conn, name))
 
     # ------------------------------------------------------------------------- upkeep
     def prune_requests(self, limit: int = requests.PRUNE_BATCH) -> int:
@@ -345,11 +374,9 @@ class PostgresEventStore:
         )
 
 
-def open_postgres_store(settings: Settings, role: str = "cli") -> PostgresEventStore:
-    """The store of STORE_URL (its schema created on first use); StoreCorrupt if the database
-    holds something else or a newer schema, StoreUnavailable if it cannot be reached."""
-    return PostgresEventStore(
-        Connector.of(settings, role),
-        request_id_retention_ms=settings.request_id_retention_ms,
-        change_log_retention_ms=settings.change_log_retention_ms,
-    )
+def _copy_segments(cur: psycopg.Cursor, rows: list[tuple]) -> None:
+    """`segments` rows with one binary COPY."""
+    with cur.copy(_COPY_SEGMENTS) as copy:
+        copy.set_types(SEGMENT_COLUMNS)
+        for row in rows:
+            copy.write_row(row)

@@ -30,6 +30,7 @@ from featurestore.store.columns import EventColumns
 
 DIGEST_BYTES = 16
 DIGEST_PERSON = b"fs-events-v1"  # a new canonical form gets a new personalisation
+DIGEST_PERSON_FIELDS = b"fs-events-v2"  # events of declared fields (SPEC §14)
 PRUNE_BATCH = 1000  # request ids deleted per transaction: a few ms of the write lock
 _SEPARATOR = "\n"  # never inside an id or category (control characters are invalid)
 _ABSENT = "\x00"  # no category / no event id (likewise never a valid value)
@@ -37,16 +38,35 @@ _ABSENT = "\x00"  # no category / no event id (likewise never a valid value)
 
 def events_digest(events: EventColumns) -> bytes:
     """The canonical digest of validated events: count, timestamps, values, then each string
-    column (absent values marked), each part prefixed by its length."""
-    digest = hashlib.blake2b(digest_size=DIGEST_BYTES, person=DIGEST_PERSON)
+    column (absent values marked), each part prefixed by its length. Events of exactly the
+    default fields (`value`, `category`) keep the digest of Part I (DIGEST_PERSON), so a
+    request retried across the upgrade is still recognised; any other fields are digested
+    by name, in name order (DIGEST_PERSON_FIELDS)."""
+    default = set(events.numeric) == {"value"} and set(events.categorical) <= {"category"}
+    person = DIGEST_PERSON if default else DIGEST_PERSON_FIELDS
+    digest = hashlib.blake2b(digest_size=DIGEST_BYTES, person=person)
     digest.update(len(events).to_bytes(8, "little"))
     digest.update(np.ascontiguousarray(events.ts, dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(events.value, dtype="<f8").tobytes())
-    for column in (events.entity_id, events.category, events.event_id):
-        text = _joined(column).encode("utf-8")
-        digest.update(len(text).to_bytes(8, "little"))
-        digest.update(text)
+    if default:
+        digest.update(np.ascontiguousarray(events.value, dtype="<f8").tobytes())
+        columns = [events.entity_id, events.categorical_column("category"), events.event_id]
+    else:
+        for name in sorted(events.numeric):
+            _update_text(digest, name)
+            digest.update(np.ascontiguousarray(events.numeric[name], dtype="<f8").tobytes())
+        columns = [events.entity_id, events.event_id]
+        for name in sorted(events.categorical):
+            _update_text(digest, name)
+            columns.append(events.categorical[name])
+    for column in columns:
+        _update_text(digest, _joined(column))
     return digest.digest()
+
+
+def _update_text(digest, text: str) -> None:
+    data = text.encode("utf-8")
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
 
 
 def _joined(column: Iterable[str | None]) -> str:

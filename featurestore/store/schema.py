@@ -15,6 +15,12 @@ Schema history:
    a body digest (a reused id with another body is a conflict) and a small answer; rows
    older than the retention are pruned by the service. Migration keeps the unexpired rows
    of schema 1 with a NULL digest (their bodies are unknown: a repeat is a replay).
+3. Event fields as data (SPEC §14): `fields(position, name, kind, required)` (the store's
+   record layout, `layout.py`), `labels(field, label, name)` (labels per categorical field,
+   replacing `categories`), `segments.n_fields` (the fields a segment was written with) and
+   `versions(name, content_hash, first_served_ms)` (served versions are immutable). Migration:
+   the fields of Part I (`value` required, `category`), its categories as labels of
+   `category`, every segment written with those 2 fields.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from pathlib import Path
 from featurestore.store.errors import StoreCorrupt
 
 APPLICATION_ID = 0x46536576  # "FSev"
-SCHEMA_VERSION = 2
-TABLES = frozenset({"meta", "categories", "entities", "segments", "event_ids", "requests"})
+SCHEMA_VERSION = 3
+TABLES = frozenset({"meta", "entities", "segments", "event_ids", "requests"})  # every version
 
 REQUESTS_TABLE = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -36,18 +42,33 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_by_age ON requests (created_ms);
 """
 
+FIELDS_TABLES = """
+CREATE TABLE IF NOT EXISTS fields (
+    position INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    required INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS labels (
+    field TEXT NOT NULL, label INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (field, label), UNIQUE (field, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT PRIMARY KEY, content_hash TEXT NOT NULL, first_served_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
 CREATE = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS categories (label INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS entities (
     entity_id TEXT PRIMARY KEY, n_events INTEGER NOT NULL, n_segments INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments (
     entity_id TEXT NOT NULL, first_seq INTEGER NOT NULL, n INTEGER NOT NULL,
-    events BLOB NOT NULL, event_ids TEXT NOT NULL, UNIQUE (entity_id, first_seq)
+    events BLOB NOT NULL, event_ids TEXT NOT NULL, n_fields INTEGER NOT NULL,
+    UNIQUE (entity_id, first_seq)
 );
 CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
 {REQUESTS_TABLE}
+{FIELDS_TABLES}
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION}),
     ('next_seq', 1);
 PRAGMA application_id = {APPLICATION_ID};
@@ -65,7 +86,16 @@ _MIGRATE_1_TO_2 = (
     "FROM requests_v1 WHERE created_ms >= :cutoff",
     "DROP TABLE requests_v1",
 )
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2}
+# Schema 2 -> 3: Part I's two fields, its categories as labels of `category`.
+_MIGRATE_2_TO_3 = (
+    FIELDS_TABLES,
+    "INSERT INTO fields (position, name, kind, required) "
+    "VALUES (0, 'value', 'numeric', 1), (1, 'category', 'categorical', 0)",
+    "INSERT INTO labels (field, label, name) SELECT 'category', label, name FROM categories",
+    "DROP TABLE categories",
+    "ALTER TABLE segments ADD COLUMN n_fields INTEGER NOT NULL DEFAULT 2",
+)
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
 
 
 def _script(conn: sqlite3.Connection, sql: str, params: dict | None = None) -> None:

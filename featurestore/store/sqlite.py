@@ -1,15 +1,17 @@
 """The embedded event store: SQLite in WAL mode, events packed per entity as NumPy records.
 
 Layout (the durable source of truth; the schema, its checks and migrations: `schema.py`):
-- `segments(entity_id, first_seq, n, events BLOB, event_ids TEXT)`: each ingest appends, per
-  entity it touches, one segment holding that entity's new events as packed `EVENT_DTYPE`
-  records sorted by (ts, seq), and their event ids joined by newlines (ids cannot contain
-  control characters). An entity with more than `MAX_SEGMENTS` segments is compacted into one
-  in the same transaction, so a read is a handful of blob fetches per entity and never one
-  Python object per event.
+- `segments(entity_id, first_seq, n, events BLOB, event_ids TEXT, n_fields)`: each ingest
+  appends, per entity it touches, one segment holding that entity's new events as packed
+  records of the store's layout (`layout.py`) sorted by (ts, seq), and their event ids
+  joined by newlines (ids cannot contain control characters). An entity with more than
+  `MAX_SEGMENTS` segments is compacted into one in the same transaction, so a read is a
+  handful of blob fetches per entity and never one Python object per event.
 - `entities(entity_id, n_events, n_segments)`, `event_ids(event_id)` (idempotency by event id),
   `requests(request_id, created_ms, digest, accepted, duplicates)` (idempotency by request id,
-  `requests.py`), `categories(label, name)`, `meta(key, value)` (the next sequence number).
+  `requests.py`), `labels(field, label, name)` (per categorical field), `fields(position,
+  name, kind, required)` (the record layout, `layout.py`), `versions(name, content_hash,
+  first_served_ms)` (served versions), `meta(key, value)` (the next sequence number).
 
 Writers serialise on SQLite's write lock (BEGIN IMMEDIATE) and retry until a deadline, so
 "database is locked" never reaches a caller; readers never block in WAL mode. Every other
@@ -33,14 +35,16 @@ import orjson
 import pandas as pd
 
 from featurestore.config import VARIABLES
+from featurestore.definitions.model import EventSchema
 from featurestore.ops.permissions import create_private_file, private_dir
 from featurestore.store import requests
 from featurestore.store.base import IngestResult
 from featurestore.store.batch import EventBatch
 from featurestore.store.columns import EventColumns
-from featurestore.store.errors import StoreCorrupt, StoreError, StoreUnavailable
+from featurestore.store.errors import SchemaMismatch, StoreCorrupt, StoreError, StoreUnavailable
 from featurestore.store.factory import SQLITE_FILENAME
 from featurestore.store.labels import LabelBook
+from featurestore.store.layout import RecordLayout, StoredField, reconcile
 from featurestore.store.schema import check_identity, ensure_schema
 from featurestore.store.segments import (
     ID_SEPARATOR,
@@ -74,9 +78,20 @@ class SqliteEventStore:
         data_dir: str | Path,
         *,
         request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS,
+        schema: EventSchema | None = None,
+        schema_source: str = "the definitions",
     ) -> None:
+        """`schema`: the event fields to serve (default: the shipped file's), reconciled with
+        the fields the store holds at open (`layout.reconcile`; SchemaMismatch if they do not
+        fit)."""
         self.path = Path(data_dir) / DB_FILENAME
         self.request_id_retention_ms = request_id_retention_ms
+        if schema is None:
+            from featurestore.definitions import shipped_definitions
+
+            schema = shipped_definitions().schema
+        self._schema, self._schema_source = schema, schema_source
+        self.layout = RecordLayout(())
         self._book = LabelBook()
         try:
             private_dir(self.path.parent)
@@ -107,10 +122,26 @@ class SqliteEventStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             ensure_schema(conn, self.path, self._retention_cutoff_ms())
+            self._adopt_schema(conn)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+
+    def _adopt_schema(self, conn: sqlite3.Connection) -> None:
+        """Record the schema's fields in a new store, or check them against the stored ones
+        (appending new optional fields, relaxing required ones)."""
+        rows = conn.execute("SELECT name, kind, required FROM fields ORDER BY position").fetchall()
+        stored = tuple(StoredField(n, k, bool(r)) for n, k, r in rows)
+        self.layout = reconcile(stored, self._schema, self._schema_source)
+        for position, f in enumerate(self.layout.fields):
+            if position >= len(stored) or stored[position] != f:
+                conn.execute(
+                    "INSERT OR REPLACE INTO fields (position, name, kind, required) "
+                    "VALUES (?, ?, ?, ?)",
+                    (position, f.name, f.kind, int(f.required)),
+                )
+        self._book.reset(self.layout.categorical)
 
     def _retention_cutoff_ms(self) -> int:
         """Request ids stored before this are forgotten."""
@@ -188,13 +219,20 @@ class SqliteEventStore:
                 return replay
         keep = self._new_event_mask(conn, events.event_id)
         entity_ids = np.asarray(events.entity_id, dtype=object)[keep]
-        labels = self._labels_for(conn, np.asarray(events.category, dtype=object)[keep])
         n_new = int(keep.sum())
         first_seq = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
         conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (first_seq + n_new,))
-        records = event_records(events, keep, labels, first_seq, now)
+        labels = {
+            name: self._labels_for(
+                conn, name, np.asarray(events.categorical_column(name), dtype=object)[keep]
+            )
+            for name in self.layout.categorical
+        }
+        records = event_records(events, keep, self.layout, labels, first_seq=first_seq, now_ms=now)
         event_ids = np.asarray(events.event_id, dtype=object)[keep]
-        touched = append_segments(conn, entity_ids, records, event_ids, compact)
+        touched = append_segments(
+            conn, entity_ids, records, event_ids, self.layout, compact=compact
+        )
         result = IngestResult(n_new, len(events) - n_new, touched)
         if request_id is not None:
             requests.record(conn, request_id, digest, result, now)
@@ -230,24 +268,24 @@ class SqliteEventStore:
         )
         return keep
 
-    def _labels_for(self, conn: sqlite3.Connection, categories: np.ndarray) -> np.ndarray:
-        """Labels of `categories` (None -> NO_CATEGORY), assigning new ones in order of first
-        appearance, contiguously, inside the current transaction (which holds the write lock)."""
-        self._refresh_categories(conn)
-        new = self._book.unknown(categories)
+    def _labels_for(self, conn: sqlite3.Connection, field: str, values: np.ndarray) -> np.ndarray:
+        """Labels of a categorical field's values (None -> NO_LABEL), assigning new ones in
+        order of first appearance, contiguously, inside the current transaction."""
+        self._refresh_labels(conn, field)
+        new = self._book.unknown(field, values)
         if new:
             conn.executemany(
-                "INSERT INTO categories (label, name) VALUES (?, ?)", self._book.assign(new)
+                "INSERT INTO labels (field, label, name) VALUES (?, ?, ?)",
+                self._book.assign(field, new),
             )
-        return self._book.encode(categories)
+        return self._book.encode(field, values)
 
-    def _refresh_categories(self, conn: sqlite3.Connection) -> None:
-        self._book.learn(
-            conn.execute(
-                "SELECT label, name FROM categories WHERE label >= ? ORDER BY label",
-                (self._book.known,),
-            ).fetchall()
-        )
+    def _refresh_labels(self, conn: sqlite3.Connection, field: str) -> None:
+        rows = conn.execute(
+            "SELECT label, name FROM labels WHERE field = ? AND label >= ? ORDER BY label",
+            (field, self._book.known(field)),
+        ).fetchall()
+        self._book.learn(field, rows)
 
     def compact(self, entity_ids: Sequence[str] | None = None) -> int:
         """Compact every entity with more than one segment (or those given); how many."""
@@ -259,7 +297,7 @@ class SqliteEventStore:
             else:
                 targets = list(entity_ids)
             for start in range(0, len(targets), COMPACT_BATCH):
-                compact_entities(conn, targets[start : start + COMPACT_BATCH])
+                compact_entities(conn, targets[start : start + COMPACT_BATCH], self.layout)
             return len(targets)
 
         return self._write(body)
@@ -270,27 +308,42 @@ class SqliteEventStore:
         wanted = list(dict.fromkeys(entity_ids))
         rows = self._retry(
             lambda: self._conn.execute(
-                "SELECT entity_id, first_seq, events FROM segments "
+                "SELECT entity_id, first_seq, events, n_fields FROM segments "
                 "WHERE entity_id IN (SELECT value FROM json_each(?))",
                 (orjson.dumps(wanted),),
             ).fetchall()
         )
-        blobs: dict[str, list[tuple[int, bytes]]] = {}
-        for entity, first_seq, events in rows:
-            blobs.setdefault(entity, []).append((first_seq, events))
+        layout = self.layout
+        current = layout.n_fields
+        blobs: dict[str, list[tuple[int, bytes, int]]] = {}
+        for entity, first_seq, events, n_fields in rows:
+            blobs.setdefault(entity, []).append((first_seq, events, n_fields))
         packed: dict[str, bytes] = {}
         for entity, parts in blobs.items():
-            if len(parts) == 1:
+            if len(parts) == 1 and parts[0][2] == current:
                 packed[entity] = parts[0][1]
             else:
                 parts.sort()
-                packed[entity] = merge_segments([p[1] for p in parts]).tobytes()
-        batch = EventBatch.from_records(list(entity_ids), [packed.get(e, b"") for e in entity_ids])
+                merged = merge_segments([layout.records(p[1], p[2]) for p in parts])
+                packed[entity] = merged.tobytes()
+        batch = EventBatch.from_records(
+            list(entity_ids), [packed.get(e, b"") for e in entity_ids], layout.dtype
+        )
         return batch if as_of_ms is None else batch.until(as_of_ms)
 
+    def label_names(self) -> dict[str, list[str]]:
+        """Label names of every categorical field, indexed by label (0 ... k-1)."""
+
+        def refresh() -> None:
+            for field in self.layout.categorical:
+                self._refresh_labels(self._conn, field)
+
+        self._retry(refresh)
+        return {field: list(names) for field, names in self._book.names.items()}
+
     def category_names(self) -> list[str]:
-        self._retry(lambda: self._refresh_categories(self._conn))
-        return list(self._book.names)
+        """Label names of the `category` field (the default schema's)."""
+        return self.label_names().get("category", [])
 
     def entity_ids(self) -> list[str]:
         rows = self._retry(
@@ -305,8 +358,8 @@ class SqliteEventStore:
             entities, events = self._conn.execute(
                 "SELECT count(*), coalesce(sum(n_events), 0) FROM entities"
             ).fetchone()
-            categories = self._conn.execute("SELECT count(*) FROM categories").fetchone()[0]
-            return {"entities": entities, "events": events, "categories": categories}
+            labels = self._conn.execute("SELECT count(*) FROM labels").fetchone()[0]
+            return {"entities": entities, "events": events, "categories": labels}
 
         return self._retry(query)
 
@@ -327,6 +380,44 @@ class SqliteEventStore:
             conn.execute("DELETE FROM segments WHERE entity_id = ?", (entity_id,))
             conn.execute("DELETE FROM entities WHERE entity_id = ?", (entity_id,))
             return sum(n for n, _ in rows)
+
+        return self._write(body)
+
+    # ------------------------------------------------------------------ served versions
+    def served_versions(self) -> dict[str, str]:
+        """Each version served from this store: its content hash when first served."""
+        rows = self._retry(
+            lambda: self._conn.execute("SELECT name, content_hash FROM versions").fetchall()
+        )
+        return dict(rows)
+
+    def record_versions(self, hashes: dict[str, str], source: str = "the definitions") -> None:
+        """Record versions about to be served; SchemaMismatch naming the version and both
+        hashes when one was served before with another definition (versions are immutable)."""
+
+        def body(conn: sqlite3.Connection) -> None:
+            recorded = dict(conn.execute("SELECT name, content_hash FROM versions").fetchall())
+            for name, digest in hashes.items():
+                if name in recorded and recorded[name] != digest:
+                    raise SchemaMismatch(
+                        f"{source}: version {name!r} was served with definition "
+                        f"{recorded[name][:16]} and is now {digest[:16]}: a served version is "
+                        "immutable; give the changed definition a new name, or drop the old "
+                        f"one with `featurestore definitions forget {name}`"
+                    )
+            conn.executemany(
+                "INSERT OR IGNORE INTO versions (name, content_hash, first_served_ms) "
+                "VALUES (?, ?, ?)",
+                [(name, digest, now_ms()) for name, digest in hashes.items()],
+            )
+
+        self._write(body)
+
+    def forget_version(self, name: str) -> bool:
+        """Drop a recorded version (it may be served again with any definition)."""
+
+        def body(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM versions WHERE name = ?", (name,)).rowcount > 0
 
         return self._write(body)
 
@@ -363,17 +454,28 @@ class SqliteEventStore:
 
 
 def open_store(
-    data_dir: str | Path, *, request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS
+    data_dir: str | Path,
+    *,
+    request_id_retention_ms: int = DEFAULT_REQUEST_ID_RETENTION_MS,
+    schema: EventSchema | None = None,
+    schema_source: str = "the definitions",
 ) -> SqliteEventStore:
     """The SQLite store of a data directory (created on first use); StoreCorrupt if the file
-    there is not a usable store, StoreUnavailable if it cannot be opened now. Processes and
-    commands choose their store with `featurestore.store.factory.open_store(settings)`."""
-    return SqliteEventStore(data_dir, request_id_retention_ms=request_id_retention_ms)
+    there is not a usable store, StoreUnavailable if it cannot be opened now, SchemaMismatch
+    if `schema` does not fit its fields. Processes and commands choose their store with
+    `featurestore.store.factory.open_event_store(settings)`."""
+    return SqliteEventStore(
+        data_dir,
+        request_id_retention_ms=request_id_retention_ms,
+        schema=schema,
+        schema_source=schema_source,
+    )
 
 
 __all__ = [
     "DB_FILENAME",
     "MAX_SEGMENTS",
+    "SchemaMismatch",
     "SqliteEventStore",
     "StoreCorrupt",
     "StoreError",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from featurestore.config import Settings
+from featurestore.definitions.model import FeatureSet
 from featurestore.errors import Code, ServiceError
-from featurestore.features.registry import feature_set
 from featurestore.features.vectors import VectorView
 from featurestore.timestamps import TimestampError, now_ms, parse_timestamp
 from featurestore.validation.decoding import invalid
@@ -73,14 +73,14 @@ def entity_id_of(value: Any, field: str = "entity_id") -> str:
 
 
 @lru_cache(maxsize=VIEW_CACHE_SIZE)
-def _view(version: str, names: tuple[str, ...]) -> VectorView:
-    return VectorView(version, list(names))
+def _view(features: FeatureSet, names: tuple[str, ...]) -> VectorView:
+    return VectorView(features, list(names))
 
 
 def version_of(version: str | None, settings: Settings) -> str:
     """The version asked for (FEATURE_VERSION when none), if this service serves it."""
     if version is None:
-        return settings.feature_version
+        return settings.default_version
     if version not in settings.versions:
         raise ServiceError(
             Code.UNKNOWN_VERSION,
@@ -94,17 +94,18 @@ def version_of(version: str | None, settings: Settings) -> str:
 def view_of(version: str | None, names: list[str] | None, settings: Settings) -> VectorView:
     """The version and feature selection of a request, checked against the registry."""
     version = version_of(version, settings)
+    features = settings.definitions.versions[version]
     if not names:  # absent, null or empty: all
-        return _view(version, ())
-    unknown = feature_set(version).unknown(names)
+        return _view(features, ())
+    unknown = features.unknown(names)
     if unknown:
         raise ServiceError(
             Code.UNKNOWN_FEATURE,
             f"unknown feature(s) in {version}: {', '.join(unknown)}",
             unknown=unknown,
-            valid=feature_set(version).names,
+            valid=features.names,
         )
-    return _view(version, tuple(names))
+    return _view(features, tuple(names))
 
 
 def as_of_of(value: Any) -> int | None:

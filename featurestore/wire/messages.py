@@ -121,13 +121,14 @@ class HistoricalRows(Message):
 
 
 class IngestColumns(Message):
-    """Validated events as columns (float64 values and int64 timestamps as blocks)."""
+    """Validated events as columns: int64 timestamps and a float64 array per numeric field
+    (NaN = missing) as blocks, a list per categorical field (null = missing)."""
 
     entity_id: list[str]
     ts: ArrayRef
-    value: ArrayRef
-    category: list[str | None]
     event_id: list[str | None]
+    numeric: dict[str, ArrayRef] = {}
+    categorical: dict[str, list[str | None]] = {}
 
 
 PAYLOAD_TYPES: dict[Op, type[Message]] = {
@@ -215,6 +216,7 @@ class MatrixAnswer(Answer):
     count: int
     version: str
     features: list[str]
+    integer: list[bool]  # per feature: an integer-valued feature (JSON integers, int columns)
     values: ArrayRef
     found: ArrayRef
     cached: ArrayRef | None = None
@@ -325,11 +327,13 @@ class FeatureDefinition(Answer):
     kind: Literal["numeric", "categorical", "identifier"]
     type: Literal["int", "float"]
     description: str
+    definition: dict[str, Any]  # the feature's table of the definitions file, normalised
 
 
 class Definitions(Answer):
     versions: list[str]
     features: dict[str, list[FeatureDefinition]]
+    hashes: dict[str, str]  # each version's content hash (SHA-256 of its canonical form)
 
 
 class Moments(Answer):

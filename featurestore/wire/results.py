@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featurestore.features.registry import feature_set
 from featurestore.features.vectors import VectorView
 from featurestore.validation.requests import GetPlan
 from featurestore.wire.frames import get_array, put_array
@@ -70,6 +69,7 @@ def matrix_answer(
         count=int(found.size),
         version=view.version,
         features=view.names,
+        integer=view.is_int,
         values=put_array(blocks, selected),
         found=put_array(blocks, found),
         cached=None if cached is None else put_array(blocks, cached),
@@ -84,6 +84,7 @@ class FeatureBatch:
     entity_ids: list[str]
     version: str
     names: list[str]
+    integer: list[bool]  # per name: an integer-valued feature
     values: np.ndarray  # (m, len(names)) float64, NaN = null
     found: np.ndarray  # bool (m,)
     cached: np.ndarray | None = None  # bool (m,), batch only
@@ -102,6 +103,7 @@ class FeatureBatch:
             entity_ids,
             answer.version,
             list(answer.features),
+            list(answer.integer),
             get_array(blocks, answer.values),
             get_array(blocks, answer.found),
             None if answer.cached is None else get_array(blocks, answer.cached),
@@ -110,9 +112,7 @@ class FeatureBatch:
         )
 
     def int_columns(self) -> list[bool]:
-        features = feature_set(self.version)
-        int_mask = features.int_mask
-        return [bool(int_mask[i]) for i in features.index_of(self.names)]
+        return self.integer
 
     def feature_dicts(self) -> list[dict | None]:
         """Per row {name: value} (None for null, int for int features), None when not found."""

@@ -30,15 +30,18 @@ async def post_events(request: Request) -> HTTPResponse:
     settings = gw.settings
     body = decoded_http(Op.INGEST, request.body)
     columns = validate_events(
-        body.events, settings.events_max_per_request, settings.max_event_future_ms
+        body.events,
+        settings.events_max_per_request,
+        settings.max_event_future_ms,
+        settings.definitions.schema,
     )
     blocks: list = []
     message = IngestColumns(
         list(columns.entity_id),
         put_array(blocks, columns.ts),
-        put_array(blocks, columns.value),
-        list(columns.category),
         list(columns.event_id),
+        {name: put_array(blocks, values) for name, values in columns.numeric.items()},
+        {name: list(values) for name, values in columns.categorical.items()},
     )
     response = await gw.call(Op.INGEST_COLUMNS, message, request.ctx.rid, blocks=blocks)
     return raw_response(response)

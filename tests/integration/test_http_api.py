@@ -43,6 +43,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_instance
 from openapi_spec_validator import validate as validate_spec
 
+from featurestore.definitions import shipped_definitions
 from featurestore.errors import HTTP_STATUS, Code
 from featurestore.features.registry import definitions, feature_set
 from featurestore.ops.launcher import Stack, wait_for
@@ -416,11 +417,11 @@ def test_stats_shape_and_counters(api: httpx.Client, openapi: dict) -> None:
 def test_definitions(api: httpx.Client, openapi: dict) -> None:
     body = ok_json(api.get("/features/definitions"))
     conforms(openapi, "Definitions", body)
-    assert body == msgspec.to_builtins(definitions(("v1", "v2")))
+    assert body == msgspec.to_builtins(definitions(shipped_definitions(), ("v1", "v2")))
     for version, names in (("v1", V1), ("v2", V2)):
         listed = body["features"][version]
         assert [f["name"] for f in listed] == names
-        assert all(set(f) == {"name", "kind", "type", "description"} for f in listed)
+        assert all(set(f) == {"name", "kind", "type", "description", "definition"} for f in listed)
         assert {f["type"] for f in listed} == {"int", "float"}
 
 

@@ -34,7 +34,7 @@ from featurestore.config import Settings
 from featurestore.errors import Code, ServiceError
 from featurestore.offline.demo import write_demo
 from featurestore.ops.launcher import Stack, wait_for
-from featurestore.store.factory import open_store
+from featurestore.store.factory import open_event_store
 from featurestore.timestamps import now_ms
 
 STALENESS_MS = 1000
@@ -66,7 +66,7 @@ def hosts(
     base = tmp_path_factory.mktemp("hosts")
     seed = Settings.from_env({"DATA_DIR": str(base / "seed"), "STORE_URL": pg_url})
     (base / "seed").mkdir()
-    store = open_store(seed)
+    store = open_event_store(seed)
     try:
         write_demo(store, base / "seed", entities=ENTITIES, seed=3, end_ms=DEMO_END_MS)
     finally:
@@ -331,7 +331,7 @@ def test_a_database_restart_under_load_loses_and_doubles_nothing_and_both_hosts_
     assert sum(w.refused[Code.STORE_UNAVAILABLE.value] for w in writers) > 0  # the outage
 
     # Every acknowledged event is stored, exactly once
-    store = open_store(Settings.from_env({"STORE_URL": hosts.url}))
+    store = open_event_store(Settings.from_env({"STORE_URL": hosts.url}))
     try:
         loaded = [f"load_{w.name}_{k}" for w in writers for k in range(10)]
         stored = Counter(store.read(loaded).value.tolist())

@@ -27,6 +27,7 @@ from integration_support import (
     vector,
 )
 
+from featurestore.definitions import shipped_definitions
 from featurestore.errors import Code, ServiceError
 from featurestore.features.registry import definitions, feature_set
 from featurestore.ops.launcher import Stack
@@ -322,7 +323,7 @@ def test_health(client: Client, stack: Stack) -> None:
 
 def test_definitions(client: Client) -> None:
     answer = client.definitions()
-    assert answer == msgspec.to_builtins(definitions(("v1", "v2")))
+    assert answer == msgspec.to_builtins(definitions(shipped_definitions(), ("v1", "v2")))
     assert answer["versions"] == ["v1", "v2"]
 
 

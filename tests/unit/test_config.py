@@ -73,20 +73,24 @@ def _invalid_values(name: str, var: config._Var) -> list[str]:
         bad.append(str(int(above)) if kind == "int" else repr(above))
     if var.choices is not None:
         bad += ["bogus", var.choices[0].lower() + "x", var.choices[0] + " x"]
-    if name == "CACHE_NAME":
-        bad += ["a/b", "x" * 201, "naïve", "tab\there"]
-    if kind == "store_url":
-        bad += [
-            "sqlite:///tmp/x.db",
-            "mysql://u:p@h/db",
-            "postgresql://u:secret@host",
-            "postgresql://u:secret@host/",
-            "postgresql://u:secret@host:99999/db",
-            "postgresql://u:secret@host:0/db",
-            "postgresql://u:secret@host/db/more",
-            "127.0.0.1:5432/db",
-        ]
-    return bad
+    return bad + INVALID_BY_NAME.get(name, [])
+
+
+INVALID_BY_NAME = {
+    "CACHE_NAME": ["a/b", "x" * 201, "naïve", "tab\there"],
+    "FEATURE_VERSION": ["bogus", "V1", "v1 x"],  # not a version of the (shipped) file
+    "FEATURES_FILE": ["/nonexistent/features.toml"],  # no such file
+    "STORE_URL": [
+        "sqlite:///tmp/x.db",
+        "mysql://u:p@h/db",
+        "postgresql://u:secret@host",
+        "postgresql://u:secret@host/",
+        "postgresql://u:secret@host:99999/db",
+        "postgresql://u:secret@host:0/db",
+        "postgresql://u:secret@host/db/more",
+        "127.0.0.1:5432/db",
+    ],
+}
 
 
 INVALID_CASES = [

@@ -539,7 +539,12 @@ def test_two_processes_ingest_at_once_and_store_everything_exactly_once(
         expected_names |= {f"p{p}c{i}" for p in (0, 1) for i in range(4)}
         assert len(names) == len(set(names)) == len(expected_names)
         assert set(names) == expected_names
-        labels = [r[0] for r in store_target.sql("SELECT label FROM categories ORDER BY label")]
+        labels = [
+            r[0]
+            for r in store_target.sql(
+                "SELECT label FROM labels WHERE field = 'category' ORDER BY label"
+            )
+        ]
         assert labels == list(range(len(expected_names)))
         # Every stored event decodes to the category it was sent with: no label was given
         # twice, to two names, or lost in the race of two writers creating names at once

@@ -19,7 +19,7 @@ from featurestore.config import Settings
 from featurestore.ops.pgserver import free_port
 from featurestore.store import changes
 from featurestore.store.errors import StoreCorrupt, StoreUnavailable
-from featurestore.store.factory import open_store, store_name
+from featurestore.store.factory import open_event_store, store_name
 from featurestore.store.pg_connection import RECONNECT_DEADLINE_S, Connector, Session
 from featurestore.store.pg_schema import SCHEMA, SCHEMA_VERSION
 from featurestore.validation.events import validate_events
@@ -109,7 +109,7 @@ def test_a_server_that_is_not_there_is_store_unavailable_in_bounded_time_and_no_
     )
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
-        open_store(settings)
+        open_event_store(settings)
     assert time.monotonic() - started < RECONNECT_DEADLINE_S + 3
     message = str(caught.value)
     assert "hunter2secret" not in message

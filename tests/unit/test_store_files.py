@@ -59,7 +59,7 @@ BAD_FILES = {
     ),
     "a newer schema": (
         _our_store("UPDATE meta SET value = 99 WHERE key = 'schema_version'"),
-        "schema version 99 is newer than this featurestore knows (2); upgrade featurestore",
+        "schema version 99 is newer than this featurestore knows (3); upgrade featurestore",
     ),
     "a damaged schema": (
         _our_store("DROP TABLE segments"),

@@ -80,9 +80,9 @@ def test_ingest_of_columns_stores_the_same(handlers: Handlers) -> None:
     message = IngestColumns(
         columns.entity_id,
         put_array(blocks, columns.ts),
-        put_array(blocks, columns.value),
-        columns.category,
         columns.event_id,
+        {"value": put_array(blocks, columns.value)},
+        {"category": columns.category},
     )
     answer, _ = answer_of(Op.INGEST_COLUMNS, run(handlers, Op.INGEST_COLUMNS, message, blocks))
     assert answer.accepted == 3
@@ -94,9 +94,9 @@ def test_columns_that_break_the_rules_are_refused_as_a_whole(handlers: Handlers)
     message = IngestColumns(
         ["ok", "bad\x01id"],
         put_array(blocks, np.array([NOW, NOW + 10**9], dtype=np.int64)),
-        put_array(blocks, np.array([1.0, np.inf])),
-        [None, ""],
         [None, None],
+        {"value": put_array(blocks, np.array([1.0, np.inf]))},
+        {"category": [None, ""]},
     )
     frames = run(handlers, Op.INGEST_COLUMNS, message, blocks)
     assert frames[2] == ERROR
