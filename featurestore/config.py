@@ -401,6 +401,11 @@ class Settings:
         """The feature versions this service serves."""
         return self.definitions.names if self.enable_versioning else (self.default_version,)
 
+    def __getstate__(self) -> dict[str, object]:
+        """The fields only (pickled to another process): the cached properties derived from
+        them (the definitions and their compiled plans) are derived again there."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
     def as_env(self) -> dict[str, str]:
         """The settings as environment variables, to start another process with the same view."""
         out = {}
