@@ -1,7 +1,9 @@
 """Complete baselines on disk (DATA_DIR/drift/baselines.npz), so a restart keeps them.
 
 Written atomically (temporary file, fsync, rename) whenever a baseline completes or is set;
-partial baselines are never written. Loaded at start.
+partial baselines are never written. Loaded at start. Each version's baselines carry its
+serving epoch (when the store first recorded it served): after `featurestore definitions
+forget` the version starts a new epoch, and the baselines of the old one are not restored.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ def baseline_path(data_dir: str) -> Path:
     return Path(data_dir) / "drift" / FILENAME
 
 
-def save(monitor: DriftMonitor, data_dir: str) -> int:
-    """Write every complete baseline; how many."""
+def save(monitor: DriftMonitor, data_dir: str, epochs: dict[str, int] | None = None) -> int:
+    """Write every complete baseline, with each version's serving epoch; how many."""
     arrays: dict[str, np.ndarray] = {}
-    meta = {"since_ms": monitor.since_ms, "pairs": []}
+    meta = {"since_ms": monitor.since_ms, "pairs": [], "epochs": epochs or {}}
     for pairs in monitor.pairs.values():
         for pair in pairs:
             if pair.complete:
@@ -44,21 +46,24 @@ def save(monitor: DriftMonitor, data_dir: str) -> int:
     return len(arrays)
 
 
-def load(monitor: DriftMonitor, data_dir: str) -> int:
-    """Restore the complete baselines saved before; how many."""
+def load(monitor: DriftMonitor, data_dir: str, epochs: dict[str, int] | None = None) -> int:
+    """Restore the complete baselines saved before in the versions' current serving epochs;
+    how many."""
     path = baseline_path(data_dir)
     if not path.exists():
         return 0
     with np.load(path) as stored:
         meta = json.loads(bytes(stored["__meta__"]).decode())
+        saved_epochs = meta.get("epochs", {})
+        epochs = epochs or {}
         by_key = {p.version + "/" + p.feature: p for pairs in monitor.pairs.values() for p in pairs}
         restored = 0
         for entry in meta["pairs"]:
             pair = by_key.get(entry["key"])
-            if pair is not None:
+            if pair is not None and saved_epochs.get(pair.version) == epochs.get(pair.version):
                 pair.set_baseline(stored[entry["key"]], int(entry["nulls"]))
                 restored += 1
     for version, since in meta.get("since_ms", {}).items():
-        if version in monitor.since_ms:
+        if version in monitor.since_ms and saved_epochs.get(version) == epochs.get(version):
             monitor.since_ms[version] = int(since)
     return restored

@@ -50,7 +50,8 @@ class DriftService:
         self.settings = settings
         self.context = zmq.Context()
         self.monitor = DriftMonitor(settings)
-        restored = baselines.load(self.monitor, settings.data_dir)
+        self.requests = BaselineRequests(settings, self.monitor)
+        restored = baselines.load(self.monitor, settings.data_dir, self.epochs())
         log.info("drift: %d complete baselines restored", restored)
         self.zap = ZapServer.start(self.context, settings)
         self.sub = self.context.socket(zmq.SUB)
@@ -66,7 +67,6 @@ class DriftService:
         for endpoint in settings.drift_pub_endpoint.split(","):
             self.pub.bind(endpoint.strip())
         self.link = BrokerLink(self.context, settings, SERVICE_DRIFT, "drift", self.figures)
-        self.requests = BaselineRequests(settings, self.monitor)
         self.received = 0
         self.malformed = 0
         self.widths = {
@@ -76,6 +76,11 @@ class DriftService:
         self.interval_s = settings.drift_check_interval_ms / 1000
         self.next_report = time.monotonic() + self.interval_s
         self.stopping = False
+
+    def epochs(self) -> dict[str, int]:
+        """Each served version's serving epoch (drift baselines belong to one)."""
+        served = self.requests.store.served_versions()
+        return {name: first for name, (_, first) in served.items()}
 
     def figures(self) -> dict:
         return {
@@ -145,7 +150,7 @@ class DriftService:
             self.monitor.absorb(version, matrix)
         if self._complete_count() != self.complete_pairs:
             self.complete_pairs = self._complete_count()
-            baselines.save(self.monitor, self.settings.data_dir)
+            baselines.save(self.monitor, self.settings.data_dir, self.epochs())
         return taken
 
     def drain_all(self) -> None:
@@ -160,7 +165,7 @@ class DriftService:
                 frames = result_frames(job.job_id, self.monitor.report())
             elif isinstance(payload, DriftBaselineRequest):
                 body = self.requests.handle(msgspec.to_builtins(payload))
-                baselines.save(self.monitor, self.settings.data_dir)
+                baselines.save(self.monitor, self.settings.data_dir, self.epochs())
                 self.complete_pairs = self._complete_count()
                 frames = result_frames(job.job_id, body)
             else:

@@ -32,3 +32,17 @@ def open_cache(settings: Settings, *, wait_s: float = 5.0) -> FeatureCache:
         wait_s=wait_s,
         lease_ms=settings.max_staleness_ms if settings.shared_store else 0,
     )
+
+
+def rebuild_if_stale(settings: Settings) -> bool:
+    """Before a stack starts: a segment left under CACHE_NAME with another layout (another
+    size or TTL, other versions or widths after a definitions change) is dropped, so the
+    stack's processes create it anew instead of refusing it. True if one was dropped."""
+    from shm import CacheLayoutError, drop
+
+    try:
+        open_cache(settings).close()
+    except CacheLayoutError:
+        drop(settings.cache_name)
+        return True
+    return False

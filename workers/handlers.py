@@ -154,9 +154,16 @@ class Handlers:
         return matrix, elapsed_ms
 
     def _answer(self, matrix: FeatureMatrix, elapsed_ms: float, t_ms: int | None) -> Result:
+        """Vectors as wide as the cache's rows (NaN beyond a narrower version's features), the
+        one shape every vector has between the processes."""
         blocks: list = []
+        values = matrix.values
+        if values.shape[1] < self.cache.width:
+            values = np.pad(
+                values, ((0, 0), (0, self.cache.width - values.shape[1])), constant_values=np.nan
+            )
         answer = ComputeAnswer(
-            put_array(blocks, matrix.values),
+            put_array(blocks, values),
             put_array(blocks, matrix.found),
             t_ms,
             int(matrix.found.sum()),

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from featurestore.cli import bench, cache, demo, entity, generate, ingest, keys, serve
+from featurestore.cli import bench, cache, definitions, demo, entity, generate, ingest, keys, serve
 from featurestore.cli.common import CommandError, load_settings
 from featurestore.config import ConfigError
 from featurestore.errors import ServiceError
@@ -18,7 +18,7 @@ from featurestore.exitcodes import EXIT_CONFIG, EXIT_DATA, EXIT_FAILURE, EXIT_IO
 from featurestore.ops.permissions import restrict_new_files
 from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 
-COMMANDS = (demo, ingest, generate, entity, serve, cache, keys, bench)
+COMMANDS = (demo, ingest, generate, entity, definitions, serve, cache, keys, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -130,6 +130,7 @@ def _ready(settings: Settings, supervisord: subprocess.Popen) -> bool:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore.cache import rebuild_if_stale
     from featurestore.security.curve import check_keys
     from featurestore.store.factory import open_event_store
 
@@ -153,6 +154,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             store.close()
         if args.demo:
             _fill_demo(settings)
+        if rebuild_if_stale(settings):
+            print(
+                f"featurestore: the cache segment {settings.cache_name!r} had another layout "
+                "(settings or definitions changed): rebuilt",
+                file=sys.stderr,
+                flush=True,
+            )
         return _serve(settings, lock)
 
 

@@ -34,10 +34,10 @@ def parse_window(text: object) -> int | None:
 
 
 def format_duration(ms: int | None) -> str:
-    """The canonical spelling: the largest unit that divides it ("all" for None)."""
+    """The canonical spelling: the largest unit up to days that divides it ("all" for None)."""
     if ms is None:
         return ALL
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         if ms % UNIT_MS[unit] == 0:
             return f"{ms // UNIT_MS[unit]}{unit}"
     return f"{ms}ms"

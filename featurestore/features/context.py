@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from featurestore.definitions.model import Condition
-from featurestore.features.hashing import id_hashes
+from featurestore.features.hashing import id_digests
 from featurestore.features.segments import SegmentStats, gather_index, segment_sum, slope
 from featurestore.store.batch import NO_LABEL, EventBatch
 
@@ -155,7 +155,7 @@ class FeatureContext:
     def entity_digests(self) -> np.ndarray:
         ids = self.batch.entity_ids
         entities, position = np.unique(self.entity_index, return_inverse=True)
-        return id_hashes([ids[e] for e in entities.tolist()])[position]
+        return id_digests([ids[e] for e in entities.tolist()])[position]
 
     def pair_digests(self, field: str) -> np.ndarray:
         """Digests of `entity_id|name of the last event's label` (0 where it has none; the
@@ -171,7 +171,7 @@ class FeatureContext:
             keys = [
                 f"{ids[e]}|{names[c]}" for e, c in zip(entity.tolist(), label.tolist(), strict=True)
             ]
-            out[rows] = id_hashes(keys)[position]
+            out[rows] = id_digests(keys)[position]
         return out
 
     # -- windows, filters, fields --------------------------------------------------------
@@ -200,8 +200,11 @@ class FeatureContext:
             labels = self.batch.labels[c.field][rows]
             names = self.label_names.get(c.field, [])
             wanted = (c.value,) if c.op in ("eq", "ne") else c.value
-            codes = np.array(label_codes(names, wanted), dtype=np.int32)
-            member = np.isin(labels, codes)
+            codes = label_codes(names, wanted)
+            if len(codes) == 1:
+                member = labels == codes[0]
+            else:
+                member = np.isin(labels, np.array(codes, dtype=np.int32))
             present = labels != NO_LABEL
             return member if c.op in ("eq", "in") else present & ~member
         x = self.batch.numeric[c.field][rows]

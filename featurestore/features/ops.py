@@ -96,9 +96,12 @@ def _iqr(c: FeatureContext, d: Definition) -> np.ndarray:
 def _frequency(c: FeatureContext, d: Definition) -> np.ndarray:
     selection = c.selection(d.window_ms, d.where)
     last = c.last_label(d.field)
-    same = c.batch.labels[d.field][selection.index] == np.repeat(last, selection.lengths)
-    count = _segment_count(same, selection)
-    return np.where(last != NO_LABEL, count / selection.n, np.nan)
+    labels = c.batch.labels[d.field][selection.index]
+    count = _segment_count(labels == np.repeat(last, selection.lengths), selection)
+    having = _segment_count(labels != NO_LABEL, selection)  # X, the events with the field
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = count / selection.n
+    return np.where((last != NO_LABEL) & (having > 0), share, np.nan)
 
 
 def _segment_count(mask: np.ndarray, selection: Selection) -> np.ndarray:

@@ -89,6 +89,13 @@ class SortedRows:
 
     @classmethod
     def build(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> SortedRows:
+        if lengths.size == 1:  # one query (a single entity): one exact-width row, same values
+            n = int(lengths[0])
+            if n == 0:
+                return cls([], lengths)
+            start = int(starts[0])
+            row = np.sort(flat[start : start + n]).astype(np.float64, copy=False)
+            return cls([(np.zeros(1, dtype=np.int64), row.reshape(1, n))], lengths)
         widths = np.maximum(MIN_SORT_WIDTH, _next_pow2(lengths))
         buckets = []
         for width in np.unique(widths[lengths > 0]):

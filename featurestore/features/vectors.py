@@ -26,11 +26,21 @@ class VectorView:
         int_mask = features.int_mask
         self.is_int = [bool(int_mask[c]) for c in self.columns]
         self.int_positions = [i for i, is_int in enumerate(self.is_int) if is_int]
-        self.all_columns = self.columns == list(range(len(features.features)))
+        self.width = len(features.features)
+        self.all_columns = self.columns == list(range(self.width))
+
+    def select(self, values: np.ndarray) -> np.ndarray:
+        """The requested columns of full vectors (rows as wide as the cache's, or wider than
+        this version: NaN beyond it), as a (m, len(names)) matrix."""
+        if not self.all_columns:
+            return values[:, self.columns]
+        return values if values.shape[1] == self.width else values[:, : self.width]
 
     def to_dict(self, vector: np.ndarray) -> dict[str, int | float | None]:
         """{name: value} in the requested order; null for NaN, int for integer features."""
-        values = vector.tolist() if self.all_columns else vector[self.columns].tolist()
+        values = (
+            vector[: self.width].tolist() if self.all_columns else vector[self.columns].tolist()
+        )
         for position in self.int_positions:
             value = values[position]
             if value == value:  # not NaN

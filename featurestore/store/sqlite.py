@@ -384,12 +384,16 @@ class SqliteEventStore:
         return self._write(body)
 
     # ------------------------------------------------------------------ served versions
-    def served_versions(self) -> dict[str, str]:
-        """Each version served from this store: its content hash when first served."""
+    def served_versions(self) -> dict[str, tuple[str, int]]:
+        """Each version served from this store: (its content hash, when first served). The
+        time also names the version's serving epoch: `forget` and serving it again start a
+        new one (drift baselines of an older epoch are discarded)."""
         rows = self._retry(
-            lambda: self._conn.execute("SELECT name, content_hash FROM versions").fetchall()
+            lambda: self._conn.execute(
+                "SELECT name, content_hash, first_served_ms FROM versions"
+            ).fetchall()
         )
-        return dict(rows)
+        return {name: (digest, first) for name, digest, first in rows}
 
     def record_versions(self, hashes: dict[str, str], source: str = "the definitions") -> None:
         """Record versions about to be served; SchemaMismatch naming the version and both

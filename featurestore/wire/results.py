@@ -64,7 +64,7 @@ def matrix_answer(
 ) -> tuple[MatrixAnswer, list]:
     """A batch/historical answer: the view's columns of full vectors as one block."""
     blocks: list = []
-    selected = values if view.all_columns else values[:, view.columns]
+    selected = view.select(values)
     answer = MatrixAnswer(
         count=int(found.size),
         version=view.version,

@@ -86,7 +86,7 @@ async def get_batch(request: Request) -> HTTPResponse:
         query.version,
         view.names,
         view.is_int,
-        values if view.all_columns else values[:, view.columns],
+        view.select(values),
         found,
         hit,
         stamps,
@@ -113,7 +113,7 @@ async def get_historical(request: Request) -> HTTPResponse:
         view.version,
         view.names,
         view.is_int,
-        values if view.all_columns else values[:, view.columns],
+        view.select(values),
         get_array(response.blocks, answer.found),
         None,
         plan.timestamps,  # each row's T as epoch ms (an ISO string given in, an integer out)

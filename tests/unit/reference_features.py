@@ -214,6 +214,8 @@ def _last_value_features(xs: list[float], x_last: float, robust: bool) -> dict[s
         std = sample_std(xs)
         centre = exact_sum(xs) / len(xs)
         z = None if not std else float(Fraction(x_last) - centre) / std
+    if z is not None and not math.isfinite(z):
+        z = None  # the quotient overflowed: a non-finite result is null, as everywhere
     rank = sum(1 for x in xs if x <= x_last) / len(xs)
     return {"ratio_to_mean": ratio, "z_score": z, "percentile_rank": rank}
 
