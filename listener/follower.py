@@ -14,7 +14,7 @@ The loop, on one autocommit connection that LISTENs on the change channel:
   committed before C is applied. A segment no listener took over yet (a new cache, or one
   dropped and made again) and a log pruned past the position (away longer than
   CHANGE_LOG_RETENTION_MS) cannot be caught up: the whole cache is cleared, and the position
-  jumps to the head.
+  jumps to the head. So does a change of every entity (a forgotten version).
 - between polls it waits for a NOTIFY (one per commit, carrying the sequence number) or for
   RENEW_FRACTION of MAX_STALENESS_MS, whichever comes first, so an idle store still renews
   the lease in time and a commit is applied within milliseconds.
@@ -68,7 +68,8 @@ BACKOFF_MAX_S = 1.0
 
 
 class LogGap(Exception):
-    """The change log no longer holds every change after the position."""
+    """The change log no longer holds every change after the position, or a change in it
+    is of every entity: the cache is cleared instead of invalidated."""
 
 
 class ChangeListener:
@@ -182,6 +183,8 @@ class ChangeListener:
             for seq, entity_ids in rows:
                 if seq != expected:
                     break
+                if entity_ids is None:
+                    raise LogGap(f"change {seq} is of every entity (a version was forgotten)")
                 pending.extend(entity_ids)
                 expected += 1
             if not rows or expected <= rows[-1][0]:

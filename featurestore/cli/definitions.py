@@ -7,7 +7,9 @@
   over ZeroMQ).
 - `forget` drops a recorded (served) version from the store, so that it can be served again
   with another definition; its cached vectors go with it (the cache segment is dropped) and
-  its drift baselines are not restored. The service must be stopped.
+  its drift baselines are not restored. The service must be stopped — on a store several
+  hosts share (STORE_URL), every host's: their caches are cleared by their listeners when
+  they start again (the forgetting is a change of every entity in the change log).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 
 from featurestore.cli.common import CommandError, common_options, open_event_store
 from featurestore.config import Settings
+from featurestore.store.factory import store_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -109,11 +112,18 @@ def run_forget(args: argparse.Namespace, settings: Settings) -> int:
         )
     store = open_event_store(settings)
     try:
+        connected = store.service_connections()
+        if connected:
+            listed = ", ".join(connected[:4]) + (", ..." if len(connected) > 4 else "")
+            raise CommandError(
+                f"a service is using {store_name(settings)} ({listed}): stop every host's "
+                "service first, then forget, then start them again"
+            )
         forgotten = store.forget_version(args.version)
     finally:
         store.close()
     if not forgotten:
-        raise CommandError(f"version {args.version!r} was never served from {settings.data_dir}")
+        raise CommandError(f"version {args.version!r} was never served from {store_name(settings)}")
     drop(settings.cache_name)  # every cached vector goes: none is of the old definition
     metrics_dir.drop(settings.cache_name)
     print(

@@ -4,6 +4,8 @@ entities changed, and how a host's listener reads it.
 Writer side: every transaction that stores or deletes events takes the next change sequence
 number (`counters.change_seq`, under the row lock that orders those commits), appends one
 row `changes(seq, committed_ms, entity_ids)` and sends `NOTIFY featurestore_changes, 'seq'`.
+A forgotten version (`featurestore definitions forget`) is the change of every entity: its
+row has no entity ids (NULL), and every host that applies it clears its whole cache.
 The notification carries only the sequence number, never the entities (a NOTIFY payload is
 limited to 8,000 bytes; an ingest may touch 10,000 entities, a file chunk many more), and is
 delivered by PostgreSQL at commit, so a listener that hears it finds the row.
@@ -36,9 +38,10 @@ _APPEND = (
 )
 
 
-def append(cur: psycopg.Cursor, seq: int, entity_ids: Sequence[str], now_ms: int) -> None:
-    """Inside the writing transaction: log the entities it changed, and notify."""
-    cur.execute(_APPEND, (seq, now_ms, list(entity_ids)))
+def append(cur: psycopg.Cursor, seq: int, entity_ids: Sequence[str] | None, now_ms: int) -> None:
+    """Inside the writing transaction: log the entities it changed (None: every entity), and
+    notify."""
+    cur.execute(_APPEND, (seq, now_ms, None if entity_ids is None else list(entity_ids)))
 
 
 def head(conn: psycopg.Connection) -> int:
@@ -49,8 +52,9 @@ def head(conn: psycopg.Connection) -> int:
 
 def read_after(
     conn: psycopg.Connection, position: int, until: int, limit: int
-) -> list[tuple[int, list[str]]]:
-    """(seq, entity ids) of the changes in (position, until], in order, at most `limit`."""
+) -> list[tuple[int, list[str] | None]]:
+    """(seq, entity ids) of the changes in (position, until], in order, at most `limit`;
+    entity ids None: every entity changed."""
     return conn.execute(
         f"SELECT seq, entity_ids FROM {SCHEMA}.changes WHERE seq > %s AND seq <= %s "
         "ORDER BY seq LIMIT %s",

@@ -100,8 +100,12 @@ class PgLabels:
 
 
 # -------------------------------------------------------------------------- the versions
-def served_versions(conn: psycopg.Connection) -> dict[str, str]:
-    return dict(conn.execute(f"SELECT name, content_hash FROM {SCHEMA}.versions").fetchall())
+def served_versions(conn: psycopg.Connection) -> dict[str, tuple[str, int]]:
+    """Each served version: (its content hash, when first served: its serving epoch)."""
+    rows = conn.execute(
+        f"SELECT name, content_hash, first_served_ms FROM {SCHEMA}.versions"
+    ).fetchall()
+    return {name: (digest, int(first)) for name, digest, first in rows}
 
 
 def record_versions(conn: psycopg.Connection, hashes: dict[str, str], source: str) -> None:
@@ -110,10 +114,10 @@ def record_versions(conn: psycopg.Connection, hashes: dict[str, str], source: st
     conn.execute(WRITE_LOCK)
     recorded = served_versions(conn)
     for name, digest in hashes.items():
-        if name in recorded and recorded[name] != digest:
+        if name in recorded and recorded[name][0] != digest:
             raise SchemaMismatch(
                 f"{source}: version {name!r} was served with definition "
-                f"{recorded[name][:16]} and is now {digest[:16]}: a served version is "
+                f"{recorded[name][0][:16]} and is now {digest[:16]}: a served version is "
                 "immutable; give the changed definition a new name, or drop the old "
                 f"one with `featurestore definitions forget {name}`"
             )
@@ -129,3 +133,20 @@ def record_versions(conn: psycopg.Connection, hashes: dict[str, str], source: st
 def forget_version(conn: psycopg.Connection, name: str) -> bool:
     deleted = conn.execute(f"DELETE FROM {SCHEMA}.versions WHERE name = %s", (name,))
     return deleted.rowcount > 0
+
+
+# A service's processes name their connections by role (`pg_connection.Connector.of`).
+SERVICE_ROLES = r"^featurestore-(worker-[0-9]+|drift|listener)$"
+
+
+def service_connections(conn: psycopg.Connection) -> list[str]:
+    """The connections of service processes to this database, from any host but this
+    connection, as `featurestore-worker-0 from 10.0.0.7` (the address is shown to a role
+    allowed to see it; a local socket has none)."""
+    rows = conn.execute(
+        "SELECT application_name, host(client_addr) FROM pg_catalog.pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND application_name ~ %s ORDER BY 1, 2",
+        (SERVICE_ROLES,),
+    ).fetchall()
+    return [name if addr is None else f"{name} from {addr}" for name, addr in rows]

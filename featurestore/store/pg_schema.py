@@ -24,7 +24,8 @@ Tables (keys in COLLATE "C": strings compare and sort as bytes, as SPEC §3 says
   the order of their sequence numbers: event sequence numbers and change sequence numbers are
   contiguous and increase across commits, and new category labels are assigned under the same
   row lock (contiguous across hosts);
-- `changes(seq, committed_ms, entity_ids)`: the durable change log (`changes.py`).
+- `changes(seq, committed_ms, entity_ids)`: the durable change log (`changes.py`;
+  `entity_ids` NULL: every entity, a version was forgotten).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ CREATE = (
         accepted integer NOT NULL, duplicates integer NOT NULL)""",
     f"CREATE INDEX requests_by_age ON {SCHEMA}.requests (created_ms)",
     f"""CREATE TABLE {SCHEMA}.changes (
-        seq bigint PRIMARY KEY, committed_ms bigint NOT NULL, entity_ids text[] NOT NULL)""",
+        seq bigint PRIMARY KEY, committed_ms bigint NOT NULL, entity_ids text[])""",
     f"CREATE INDEX changes_by_age ON {SCHEMA}.changes (committed_ms)",
     f"INSERT INTO {SCHEMA}.counters (id, next_seq, change_seq) VALUES (1, 1, 0)",
     f"""INSERT INTO {SCHEMA}.meta (key, value) VALUES

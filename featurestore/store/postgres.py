@@ -19,7 +19,9 @@ One ingest is one transaction (READ COMMITTED), in this order:
    lock, held to the commit, is what orders these commits: short, taken last);
 5. segments (COPY), entities, compaction, the change log row and its NOTIFY (`changes.py`),
    the request's answer; COMMIT.
-A delete takes the `counters` lock first, then removes the entity's rows and logs the change.
+A delete takes the `counters` lock first, then removes the entity's rows and logs the change;
+so does forgetting a served version, whose change is of every entity (every host's listener
+clears its cache: no vector of the old definition survives anywhere).
 
 Failures (`pg_connection.py`): conflicts are retried inside, a lost server is waited for a
 little (a write only when it is idempotent by request id), then StoreUnavailable; damaged
@@ -335,8 +337,10 @@ class PostgresEventStore:
         return self.session.write(body)
 
     # ------------------------------------------------------------------ served versions
-    def served_versions(self) -> dict[str, str]:
-        """Each version served from this store (by any host): its content hash."""
+    def served_versions(self) -> dict[str, tuple[str, int]]:
+        """Each version served from this store (by any host): (its content hash, when first
+        served). The time also names the version's serving epoch: `forget` and serving it
+        again start a new one (drift baselines of an older epoch are discarded)."""
         return self.session.read(pg_catalog.served_versions)
 
     def record_versions(self, hashes: dict[str, str], source: str = "the definitions") -> None:
@@ -345,8 +349,26 @@ class PostgresEventStore:
         self.session.write(lambda conn: pg_catalog.record_versions(conn, hashes, source))
 
     def forget_version(self, name: str) -> bool:
-        """Drop a recorded version (it may be served again with any definition)."""
-        return self.session.write(lambda conn: pg_catalog.forget_version(conn, name))
+        """Drop a recorded version (it may be served again with any definition), logged as a
+        change of every entity: each host's listener clears its cache when it applies it."""
+
+        def body(conn: psycopg.Connection) -> bool:
+            cur = conn.cursor()
+            (change_seq,) = cur.execute(_TAKE_SEQUENCES, (0, 0)).fetchone()[1:]
+            if not pg_catalog.forget_version(conn, name):
+                raise _NothingForgotten  # rolls the change sequence number back
+            changes.append(cur, change_seq, None, now_ms())
+            return True
+
+        try:
+            return self.session.write(body)
+        except _NothingForgotten:
+            return False
+
+    def service_connections(self) -> list[str]:
+        """The service processes (of any host) connected to the store now, as
+        `featurestore-worker-0 from 10.0.0.7`: what must stop before a version is forgotten."""
+        return self.session.read(pg_catalog.service_connections)
 
     # ------------------------------------------------------------------------- upkeep
     def prune_requests(self, limit: int = requests.PRUNE_BATCH) -> int:
@@ -372,6 +394,10 @@ class PostgresEventStore:
                 (now_ms(),),
             )
         )
+
+
+class _NothingForgotten(Exception):
+    """No such version: the transaction of `forget_version` is rolled back."""
 
 
 def _copy_segments(cur: psycopg.Cursor, rows: list[tuple]) -> None:

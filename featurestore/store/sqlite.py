@@ -425,6 +425,10 @@ class SqliteEventStore:
 
         return self._write(body)
 
+    def service_connections(self) -> list[str]:
+        """None to list: one host, whose running service DATA_DIR's stack lock names."""
+        return []
+
     def prune_requests(self, limit: int = requests.PRUNE_BATCH) -> int:
         """Forget up to `limit` request ids older than the retention (their retries are long
         over), oldest first; how many. Takes the write lock only when there is work."""

@@ -1,7 +1,8 @@
 """The change listener (listener/follower.py) in this process, on a real PostgreSQL server
 and a real cache segment: what another host commits is invalidated here within
 milliseconds; a cut connection is made again and caught up from the position; a log pruned
-past the position clears the cache; a stopped listener's lease runs out by itself."""
+past the position, or a version forgotten, clears the cache; a stopped listener's lease
+runs out by itself."""
 
 from __future__ import annotations
 
@@ -190,6 +191,27 @@ def test_a_log_pruned_past_the_position_clears_the_whole_cache(
         assert not present(cache, "unrelated")
     finally:
         second.stop()
+
+
+def test_a_forgotten_version_clears_the_whole_cache_of_every_host(
+    target: Target, cache: FeatureCache, running: Running
+) -> None:
+    # Given a served version recorded by another host, and vectors cached here
+    other_host = target.open()
+    try:
+        other_host.record_versions({"v1": "a" * 64})
+        assert cached(cache, "a") and cached(cache, "b")
+        # When that host forgets the version (and forgetting an unknown one changes nothing)
+        assert other_host.forget_version("nothing") is False
+        assert other_host.forget_version("v1") is True
+    finally:
+        other_host.close()
+    # Then the change is of every entity, and this host's listener clears everything
+    assert target.sql("SELECT seq, entity_ids FROM changes") == [(1, None)]
+    wait_until(lambda: cache.holder_words()[W_POSITION] == 1, "the change of the forgetting")
+    assert cache.holder_words()[W_CLEARS] == 2  # the one of taking over, and this one
+    assert not present(cache, "a") and not present(cache, "b")
+    assert cache.serving()
 
 
 def test_hits_stop_within_the_bound_when_the_listener_stops_following(

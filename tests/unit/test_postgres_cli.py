@@ -1,6 +1,7 @@
 """The offline commands against a PostgreSQL store (SPEC §15): `demo`, `ingest`, `features`,
-`generate` and `delete` with STORE_URL give exactly what they give on SQLite, and a store of
-a newer schema stops a command with one line and EXIT_DATA."""
+`generate` and `delete` with STORE_URL give exactly what they give on SQLite, a store of
+a newer schema stops a command with one line and EXIT_DATA, and `definitions forget` waits
+for every host's service to stop, then forgets for every host."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psycopg
 import pytest
 from store_targets import Target
 
 from featurestore.cli import main as cli_main
 from featurestore.config import VARIABLES
-from featurestore.exitcodes import EXIT_DATA, EXIT_NOT_FOUND
+from featurestore.exitcodes import EXIT_DATA, EXIT_FAILURE, EXIT_NOT_FOUND
 from featurestore.offline.demo import ENTITY_LIST
 
 CLI_TIMEOUT_S = 120
@@ -128,3 +130,36 @@ def test_a_newer_schema_stops_a_command_with_one_line_and_the_data_exit_code(
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("featurestore features: data error: postgresql://")
     assert "newer than this featurestore knows" in line
+
+
+def test_definitions_forget_on_a_shared_store_waits_for_every_hosts_service(
+    tmp_path: Path, pg_url: str, run
+) -> None:
+    # Given a version served from the PostgreSQL store, and a worker of some host connected
+    target = Target.make("postgresql", tmp_path, pg_url)
+    target.reset()
+    store = target.open()
+    try:
+        store.record_versions({"pay1": "a" * 64})
+    finally:
+        store.close()
+    env = {"DATA_DIR": str(tmp_path), "STORE_URL": pg_url}
+    with psycopg.connect(pg_url, application_name="featurestore-worker-3"):
+        # When the version is forgotten, it is refused naming the connected process
+        code, out, err = run("definitions", "forget", "pay1", env=env)
+    assert code == EXIT_FAILURE and not out
+    (line,) = err.strip().splitlines()
+    assert line.startswith("featurestore definitions: a service is using postgresql://")
+    assert "featurestore-worker-3" in line and "stop every host's service first" in line
+    assert target.sql("SELECT name FROM versions") == [("pay1",)]
+
+    # Then with every service stopped it is forgotten, logged as a change of every entity
+    code, out, err = run("definitions", "forget", "pay1", env=env)
+    assert code == 0, err
+    assert "version 'pay1' forgotten" in out
+    assert target.sql("SELECT name FROM versions") == []
+    assert target.sql("SELECT entity_ids FROM changes") == [(None,)]
+    code, _, err = run("definitions", "forget", "pay1", env=env)
+    assert code == EXIT_FAILURE
+    assert "'pay1' was never served from postgresql://" in err
+    assert target.sql("SELECT count(*) FROM changes") == [(1,)]  # nothing logged

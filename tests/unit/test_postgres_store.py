@@ -2,7 +2,9 @@
 test_event_store.py and test_store_requests.py): its schema created once and versioned, a
 database that is not ours refused, a server that is gone answered with StoreUnavailable in
 bounded time and never with its password, a restart survived, a deadlock retried inside,
-and one request id claimed by two hosts at once stored once."""
+one request id claimed by two hosts at once stored once, a host serving fewer fields than
+another reading and compacting without losing them, and new names of two fields from two
+hosts at once labelled contiguously."""
 
 from __future__ import annotations
 
@@ -10,18 +12,23 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
+from definitions_text import render
 from pg_support import Databases
 from store_targets import Target
 
 from featurestore.config import Settings
+from featurestore.definitions import load_definitions
 from featurestore.ops.pgserver import free_port
 from featurestore.store import changes
+from featurestore.store.batch import NO_LABEL
 from featurestore.store.errors import StoreCorrupt, StoreUnavailable
 from featurestore.store.factory import open_event_store, store_name
 from featurestore.store.pg_connection import RECONNECT_DEADLINE_S, Connector, Session
 from featurestore.store.pg_schema import SCHEMA, SCHEMA_VERSION
+from featurestore.store.segments import MAX_SEGMENTS
 from featurestore.validation.events import validate_events
 
 T0 = 1_704_067_200_000
@@ -261,3 +268,105 @@ def test_pruning_the_change_log_keeps_what_is_inside_the_retention(target: Targe
             assert changes.head(conn) == 5
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------- the layout
+def _definitions(path: Path, fields: dict) -> str:
+    path.write_text(render(fields, {"v1": [{"name": "events", "op": "count"}]}))
+    return str(path)
+
+
+NARROW = {"value": {"kind": "numeric", "required": True}, "category": {"kind": "categorical"}}
+WIDE = {**NARROW, "amount": {"kind": "numeric"}, "merchant": {"kind": "categorical"}}
+
+
+def test_a_host_still_on_fewer_fields_reads_and_compacts_without_losing_another_hosts_field(
+    target: Target, tmp_path: Path
+) -> None:
+    # Given host A serving the narrow definitions, then host B adding two optional fields
+    narrow, wide = (
+        _definitions(tmp_path / "a.toml", NARROW),
+        _definitions(tmp_path / "b.toml", WIDE),
+    )
+    a = target.open(FEATURES_FILE=narrow)
+    b = target.open(FEATURES_FILE=wide)
+    wide_schema = load_definitions(wide).schema
+    try:
+        b.ingest(
+            validate_events(
+                [{"entity_id": "e", "timestamp": T0, "value": 1.0, "amount": 5.0, "merchant": "m"}],
+                10,
+                300_000,
+                schema=wide_schema,
+            )
+        )
+        # When A reads B's wider segment, appends narrow ones and compacts the entity
+        assert a.read(["e"]).value.tolist() == [1.0]
+        assert set(a.read(["e"]).numeric) == {"value"}
+        for n in range(MAX_SEGMENTS):  # the last one takes the entity past MAX_SEGMENTS
+            a.ingest(columns([{**ev("e", float(n + 2), "c"), "timestamp": T0 + n + 1}]))
+        assert target.sql("SELECT count(*), min(n_fields) FROM segments") == [(1, 4)]
+        # Then B still reads its own fields, and A's events lack them
+        batch = b.read(["e"])
+        assert batch.value.tolist() == [float(n) for n in range(1, MAX_SEGMENTS + 2)]
+        assert batch.numeric["amount"][0] == 5.0 and np.isnan(batch.numeric["amount"][1:]).all()
+        assert batch.labels["merchant"].tolist() == [0] + [NO_LABEL] * MAX_SEGMENTS
+        assert batch.labels["category"].tolist() == [NO_LABEL] + [0] * MAX_SEGMENTS
+        assert a.read(["e"]).value.tolist() == batch.value.tolist()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_new_names_of_two_fields_from_two_hosts_at_once_get_contiguous_labels(
+    target: Target, tmp_path: Path
+) -> None:
+    wide = _definitions(tmp_path / "b.toml", WIDE)
+    schema = load_definitions(wide).schema
+    hosts = [target.open(FEATURES_FILE=wide), target.open(FEATURES_FILE=wide)]
+    rounds = 15
+    barrier = threading.Barrier(2, timeout=THREAD_TIMEOUT_S)
+    failures: list[BaseException] = []
+
+    def send(side: int) -> None:
+        try:
+            for r in range(rounds):
+                events = [
+                    {
+                        "entity_id": f"h{side}",
+                        "timestamp": T0 + r,
+                        "value": 1.0,
+                        "category": f"c{r}-{k}",
+                        "merchant": f"m{(r + side) % 7}-{side}",
+                    }
+                    for k in range(3)
+                ]
+                barrier.wait()
+                hosts[side].ingest(validate_events(events, 10, 300_000, schema=schema))
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=send, args=(side,)) for side in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(THREAD_TIMEOUT_S)
+    try:
+        assert not failures, failures
+        for field, expected in (("category", 3 * rounds), ("merchant", 14)):
+            stored = target.sql(
+                "SELECT label, name FROM labels WHERE field = ? ORDER BY 1", (field,)
+            )
+            assert [r[0] for r in stored] == list(range(expected))  # contiguous, no gap
+            assert len({r[1] for r in stored}) == expected  # one label per name
+        names = hosts[0].label_names()
+        assert hosts[1].label_names() == names
+        for side in (0, 1):
+            batch = hosts[1 - side].read([f"h{side}"])
+            merchants = [names["merchant"][label] for label in batch.labels["merchant"]]
+            assert merchants == [
+                f"m{(r + side) % 7}-{side}" for r in range(rounds) for _ in range(3)
+            ]
+    finally:
+        for host in hosts:
+            host.close()
