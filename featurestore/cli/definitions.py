@@ -18,7 +18,6 @@ import argparse
 
 from featurestore.cli.common import CommandError, common_options, open_event_store
 from featurestore.config import Settings
-from featurestore.store.factory import store_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +101,7 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
 def run_forget(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.ops import metrics_dir
     from featurestore.ops.stacklock import holder
+    from featurestore.store.factory import store_name
     from shm import drop
 
     running = holder(settings.data_dir)
