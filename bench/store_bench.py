@@ -15,7 +15,8 @@ read, not parsed) against the two stacks running at once, measurements alternati
 also reports the in-process `store.ingest` of the same batches (its floor without HTTP);
 the invalidation delay is measured by a writer process of host A (this one, `store.ingest`
 returning after its COMMIT) polling B's cache segment, against a bare NOTIFY round trip
-between two connections. Writes bench/results/store.json.
+between two connections. Both stores are compacted first (a rerun reads what the first
+run read, not the segment chains its ingests left). Writes bench/results/store.json.
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ def bare_fetch(backend: str, data: Path, url: str):
     cursor = pg.cursor(binary=True)
     query = f"SELECT events FROM {SCHEMA}.segments WHERE entity_id = ANY(%s)"
     return lambda ids: cursor.execute(query, (ids,)).fetchall()
+
+
+def compact_stores(settings: dict[str, Settings]) -> None:
+    """Compact both stores first, so that every run reads the demo as `demo` leaves it and a
+    rerun does not read the segment chains a previous run's ingests left."""
+    for s in settings.values():
+        store = open_event_store(s)
+        try:
+            store.compact()
+        finally:
+            store.close()
 
 
 def bench_reads(settings: dict[str, Settings], entities: int) -> dict:
@@ -284,6 +296,7 @@ def main() -> None:
                 {"STORE_URL": url, "DATA_DIR": str(work / "pg-host-a")}
             ),
         }
+        compact_stores(settings)
         r.update(bench_reads(settings, args.entities))
         env = {"CACHE_MAX_SIZE": str(args.entities * 2)}
         stacks = {
