@@ -7,6 +7,7 @@ foreign store file (EXIT_DATA), a store that cannot be written now (EXIT_IOERR).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featurestore: interrupted", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `featurestore ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        return EXIT_FAILURE
 
 
 def failure(command: str, exc: Exception) -> tuple[str, int]:

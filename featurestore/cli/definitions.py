@@ -1,10 +1,11 @@
-"""`featurestore definitions check [FILE] | show | forget VERSION`.
+"""`featurestore definitions check [FILE] | show | shipped | forget VERSION`.
 
 - `check` validates a definitions file (default FEATURES_FILE, else the shipped one) and
   prints each version: its content hash, and per feature its kind, type and compiled plan;
   an invalid file is one line naming the file, version, feature and key, and EXIT_CONFIG.
 - `show` prints what the running service of these settings serves (GET /features/definitions
   over ZeroMQ).
+- `shipped` prints the shipped file (v1 and v2 over `value` and `category`).
 - `forget` drops a recorded (served) version from the store, so that it can be served again
   with another definition; its cached vectors go with it (the cache segment is dropped) and
   its drift baselines are not restored. The service must be stopped — on a store several
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from featurestore.cli.common import CommandError, common_options, open_event_store
 from featurestore.config import Settings
@@ -32,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "show", parents=[common_options()], help="what the running service serves"
     )
     show.set_defaults(run=run_show)
+    shipped = actions.add_parser(
+        "shipped", help="print the shipped file (v1, v2): a start for your own"
+    )
+    shipped.set_defaults(run=run_shipped)
     forget = actions.add_parser(
         "forget", parents=[common_options()], help="drop a served version (service stopped)"
     )
@@ -79,6 +85,13 @@ def describe(defs) -> str:
             hidden = "" if f.serve else " [not served]"
             lines.append(f"  {f.name}: {f.kind} {f.type}{hidden} = {plan}")
     return "\n".join(lines)
+
+
+def run_shipped(args: argparse.Namespace, settings: Settings) -> int:
+    from featurestore.definitions import SHIPPED_FILE
+
+    sys.stdout.write(SHIPPED_FILE.read_text(encoding="utf-8"))
+    return 0
 
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:

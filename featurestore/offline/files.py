@@ -136,9 +136,21 @@ def _parquet_chunks(source: Path, required, optional, chunk_rows: int) -> Iterat
         parquet = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise FileError(f"{source}: not a readable Parquet file ({exc})") from None
-    columns = _columns(source, parquet.schema_arrow.names, required, optional)
+    index = _pandas_index_columns(parquet.schema_arrow)
+    names = [n for n in parquet.schema_arrow.names if n not in index]
+    columns = _columns(source, names, required, optional)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
         yield batch.to_pandas()
+
+
+def _pandas_index_columns(schema: pa.Schema) -> set[str]:
+    """The columns pandas stored its DataFrame index in (`to_parquet` of a frame whose index
+    is not a plain range): not data, so not refused as undeclared fields."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except (ValueError, TypeError):  # foreign metadata under the pandas key: no index known
+        return set()
+    return {c for c in metadata.get("index_columns", []) if isinstance(c, str)}
 
 
 def _csv_chunks(source: Path, required, optional) -> Iterator[pd.DataFrame]:

@@ -87,12 +87,18 @@ def request_families(samples: Iterable, endpoints: list[str]) -> list[Metric]:
     return [duration, responses]
 
 
-def render(directory: Path, endpoints: list[str], stats: dict | None, health: dict) -> bytes:
-    """The exposition of the servers' request metrics (every endpoint of `endpoints`) and of
-    the broker's answers."""
+def render(
+    directory: Path,
+    endpoints: list[str],
+    stats: dict | None,
+    health: dict,
+    versions: dict[str, tuple[str, int]] | None = None,
+) -> bytes:
+    """The exposition of the servers' request metrics (every endpoint of `endpoints`), of
+    the broker's answers and of the served versions ({version: (hash, features served)})."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerFiles(directory, endpoints))
-    registry.register(ServiceCollector(stats, health))
+    registry.register(ServiceCollector(stats, health, versions))
     return generate_latest(registry)
 
 

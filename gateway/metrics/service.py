@@ -22,13 +22,18 @@ DRIFT_DISABLED = "disabled"
 LISTENER_CONNECTED = ("catching_up", "live")  # listener states with a live connection
 
 
-def service_metrics(stats: dict | None, health: dict) -> list[Metric]:
-    """Metric families of a `stats` answer (None: the broker did not answer) and a health
+def service_metrics(
+    stats: dict | None, health: dict, versions: dict[str, tuple[str, int]] | None = None
+) -> list[Metric]:
+    """Metric families of a `stats` answer (None: the broker did not answer), a health
     answer (the broker's figures, empty when it did not answer, with the gateway's part:
-    `gateway` and the gateway processes in `memory`)."""
+    `gateway` and the gateway processes in `memory`) and the served versions ({version:
+    (content hash, features served)}, from the definitions)."""
     families = [
         _gauge("featurestore_broker_up", "1 if the broker answered.", int(stats is not None))
     ]
+    if versions:
+        families.append(version_metrics(versions))
     if stats is not None:
         families += stats_metrics(stats)
         families += message_metrics(stats.get("messages", {}))
@@ -41,12 +46,31 @@ def service_metrics(stats: dict | None, health: dict) -> list[Metric]:
 class ServiceCollector:
     """A collector of one scrape's answers, for a CollectorRegistry."""
 
-    def __init__(self, stats: dict | None, health: dict) -> None:
+    def __init__(
+        self,
+        stats: dict | None,
+        health: dict,
+        versions: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
         self.stats = stats
         self.health = health
+        self.versions = versions
 
     def collect(self) -> Iterator[Metric]:
-        yield from service_metrics(self.stats, self.health)
+        yield from service_metrics(self.stats, self.health, self.versions)
+
+
+def version_metrics(versions: dict[str, tuple[str, int]]) -> Metric:
+    """One sample per served version of FEATURES_FILE: its features, by content hash (so a
+    dashboard sees which definition every host serves)."""
+    family = GaugeMetricFamily(
+        "featurestore_version_features",
+        "Features served by each version of the definitions, by content hash.",
+        labels=["version", "hash"],
+    )
+    for version, (content_hash, served) in versions.items():
+        family.add_metric([version, content_hash], served)
+    return family
 
 
 def stats_metrics(stats: dict) -> list[Metric]:

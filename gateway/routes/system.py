@@ -100,7 +100,11 @@ async def metrics(request: Request) -> HTTPResponse:
         stats, health = None, local_store_health(gw)
     add_gateway_health(request, health)
     recorded = request.app.ctx.metrics
-    text = render(recorded.directory, recorded.endpoints(), stats, health)
+    versions = {
+        name: (features.content_hash, len(features.features))
+        for name, features in gw.settings.definitions.versions.items()
+    }
+    text = render(recorded.directory, recorded.endpoints(), stats, health, versions)
     return HTTPResponse(text, content_type=CONTENT_TYPE)
 
 

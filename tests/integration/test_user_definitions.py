@@ -257,6 +257,17 @@ def test_definitions_list_the_new_version_with_its_hash(api: httpx.Client, defin
     assert listed["last_merchant"]["kind"] == "categorical"
 
 
+def test_metrics_show_each_served_version_with_its_hash(api: httpx.Client, definitions_file):
+    text = api.get("/metrics").text
+    loaded = load_definitions(definitions_file)
+    for version, features in loaded.versions.items():
+        sample = (
+            f'featurestore_version_features{{hash="{features.content_hash}",version="{version}"}} '
+            f"{float(len(features.features))}"
+        )
+        assert sample in text, version
+
+
 def test_drift_monitors_the_new_version(api: httpx.Client):
     end = now_ms() - 60_000
     ids = [f"drift-{i}" for i in range(20)]
