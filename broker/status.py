@@ -9,6 +9,7 @@ import psutil
 
 from broker.registry import Registry
 from featurestore.config import Settings
+from featurestore.nearcache import listener_health, listener_pid
 from featurestore.store.base import STORE_OK, STORE_UNAVAILABLE
 from featurestore.wire.frames import SERVICE_DRIFT, SERVICE_FEATURES, Op
 from featurestore.wire.messages import (
@@ -17,6 +18,7 @@ from featurestore.wire.messages import (
     DriftBaselineAnswer,
     DriftReport,
     Health,
+    ListenerHealth,
     MessageFigures,
     Stats,
 )
@@ -77,9 +79,15 @@ class BrokerStatus:
         expected = self.settings.max_workers
         drift = self.drift_state()
         store = _store_state(workers)
+        listener = self.listener()
         if not workers:
             status = "down"
-        elif len(workers) < expected or drift == "down" or store != STORE_OK:
+        elif (
+            len(workers) < expected
+            or drift == "down"
+            or store != STORE_OK
+            or (listener is not None and not listener.fresh)
+        ):
             status = "degraded"
         else:
             status = "ok"
@@ -88,6 +96,8 @@ class BrokerStatus:
             memory[f"worker-{state.worker_id}"] = rss_of(state.pid)
         for state in self.registry.alive(SERVICE_DRIFT):
             memory["drift"] = rss_of(state.pid)
+        if listener is not None and listener_pid(self.cache):
+            memory["listener"] = rss_of(listener_pid(self.cache))
         return Health(
             status=status,
             workers=Alive(len(workers), expected),
@@ -95,9 +105,17 @@ class BrokerStatus:
             drift=drift,
             cache="ok",
             store=store,
+            store_backend=self.settings.store_backend,
             uptime_s=round(time.monotonic() - self.started, 3),
             memory={name: rss for name, rss in memory.items() if rss is not None},
+            listener=listener,
         )
+
+    def listener(self) -> ListenerHealth | None:
+        """This host's change listener (a store several hosts share), else None."""
+        if not self.settings.shared_store:
+            return None
+        return listener_health(self.cache, self.settings.max_staleness_ms)
 
     def drift_disabled(self, op: Op) -> DriftReport | DriftBaselineAnswer:
         """What drift operations answer when ENABLE_DRIFT_MONITORING=false."""

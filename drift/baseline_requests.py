@@ -36,7 +36,7 @@ class BaselineRequests:
     @property
     def store(self):
         if self._store is None:
-            self._store = open_event_store(self.settings)
+            self._store = open_event_store(self.settings, role="drift")
         return self._store
 
     def handle(self, body: dict) -> dict:

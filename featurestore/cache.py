@@ -19,7 +19,9 @@ def cache_shape(definitions: FeatureDefinitions) -> tuple[int, tuple[str, ...]]:
 
 
 def open_cache(settings: Settings, *, wait_s: float = 5.0) -> FeatureCache:
-    """Create or attach the cache of these settings, checking that it has their layout."""
+    """Create or attach the cache of these settings, checking that it has their layout. With
+    a store other hosts write (STORE_URL), the cache is a near cache: it serves hits only under
+    a lease of MAX_STALENESS_MS that this host's listener renews (listener/, SPEC §15)."""
     width, versions = cache_shape(settings.definitions)
     return FeatureCache.open(
         settings.cache_name,
@@ -28,6 +30,7 @@ def open_cache(settings: Settings, *, wait_s: float = 5.0) -> FeatureCache:
         width,
         versions,
         wait_s=wait_s,
+        lease_ms=settings.max_staleness_ms if settings.shared_store else 0,
     )
 
 

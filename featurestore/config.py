@@ -13,12 +13,16 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_DATA_DIR = "./data"
+STORE_SQLITE = "sqlite"  # the store backends, as /health and /metrics name them
+STORE_POSTGRESQL = "postgresql"
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 
 
 class ConfigError(ValueError):
@@ -82,6 +86,45 @@ def _parse_thresholds(raw: str) -> str:
     return ",".join(f"{name}={value!r}" for name, value in parse_thresholds(raw).items())
 
 
+def redact_url(url: str) -> str:
+    """`url` without its password (and without any query parameter that could carry one), for
+    logs and messages: postgresql://user@host:5432/db. Never log a store URL any other way."""
+    try:
+        parts = urlsplit(url.strip())
+        netloc = parts.hostname or ""
+        if ":" in netloc:  # an IPv6 address
+            netloc = f"[{netloc}]"
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+    except ValueError:
+        return "<an unreadable URL>"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _parse_store_url(raw: str) -> str:
+    """Empty (SQLite under DATA_DIR) or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE."""
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        port, parts = None, None
+    if parts is None or parts.scheme not in POSTGRESQL_SCHEMES:
+        raise ValueError(
+            "expected empty (SQLite under DATA_DIR) or "
+            "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        )
+    if not parts.path.strip("/") or "/" in parts.path.strip("/"):
+        raise ValueError("expected a database name: postgresql://USER@HOST[:PORT]/DATABASE")
+    if port == 0:
+        raise ValueError("port 0 is not a server port")
+    return text
+
+
 def _parse_endpoint(raw: str) -> str:
     text = raw.strip()
     for endpoint in text.split(","):
@@ -103,6 +146,7 @@ class _Var:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     doc: str = ""
+    secret: bool = False  # its value may carry a password: messages show it redacted
 
 
 MIB = 1024 * 1024
@@ -167,6 +211,33 @@ VARIABLES: dict[str, _Var] = {
     ),
     "REQUEST_ID_RETENTION_MS": _Var(
         _parse_int, 86_400_000, 1000, 10**12, doc="how long ingest request ids are remembered"
+    ),
+    "STORE_URL": _Var(
+        _parse_store_url,
+        "",
+        doc="event store: empty = SQLite under DATA_DIR; postgresql://USER:PASSWORD@HOST:PORT/DB "
+        "= a PostgreSQL server that several hosts share (README: Several hosts)",
+        secret=True,
+    ),
+    "STORE_CONNECT_TIMEOUT_MS": _Var(
+        _parse_int, 2000, 100, 600_000, doc="with STORE_URL: deadline of a database connection"
+    ),
+    "STORE_STATEMENT_TIMEOUT_MS": _Var(
+        _parse_int, 30_000, 100, 3_600_000, doc="with STORE_URL: deadline of a database statement"
+    ),
+    "MAX_STALENESS_MS": _Var(
+        _parse_int,
+        1000,
+        10,
+        3_600_000,
+        doc="with STORE_URL: longest a cache hit may lag behind an ingest on another host",
+    ),
+    "CHANGE_LOG_RETENTION_MS": _Var(
+        _parse_int,
+        600_000,
+        1000,
+        10**10,
+        doc="with STORE_URL: how long the change log is kept for listeners that reconnect",
     ),
     "HTTP_READ_TIMEOUT_MS": _Var(
         _parse_int, 30_000, 100, 10**8, doc="deadline for an HTTP request's headers and body"
@@ -233,6 +304,11 @@ class Settings:
     broker_client_max_pending: int
     broker_client_max_bytes: int
     request_id_retention_ms: int
+    store_url: str = field(repr=False)  # may carry a password: never printed
+    store_connect_timeout_ms: int
+    store_statement_timeout_ms: int
+    max_staleness_ms: int
+    change_log_retention_ms: int
     http_read_timeout_ms: int
     http_max_header_bytes: int
     zmq_curve_keys_dir: str
@@ -298,6 +374,16 @@ class Settings:
             )
         return exposed
 
+    @property
+    def store_backend(self) -> str:
+        """STORE_SQLITE (one host) or STORE_POSTGRESQL (a store several hosts may share)."""
+        return STORE_POSTGRESQL if self.store_url else STORE_SQLITE
+
+    @property
+    def shared_store(self) -> bool:
+        """Other hosts may write the store: cache hits need a fresh listener (SPEC §15)."""
+        return self.store_backend == STORE_POSTGRESQL
+
     @cached_property
     def definitions(self):  # -> featurestore.definitions.FeatureDefinitions
         """The feature definitions of FEATURES_FILE (read once per process and path)."""
@@ -315,28 +401,34 @@ class Settings:
         """The feature versions this service serves."""
         return self.definitions.names if self.enable_versioning else (self.default_version,)
 
+    def __getstate__(self) -> dict[str, object]:
+        """The fields only (pickled to another process): the cached properties derived from
+        them (the definitions and their compiled plans) are derived again there."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
     def as_env(self) -> dict[str, str]:
         """The settings as environment variables, to start another process with the same view."""
         out = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            out[field.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        for item in fields(self):
+            value = getattr(self, item.name)
+            out[item.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
 
 def _read(name: str, var: _Var, raw: str) -> Any:
+    shown = redact_url(raw) if var.secret else raw
     try:
         value = var.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}: invalid value {raw!r}: {exc}") from None
+        raise ConfigError(f"{name}: invalid value {shown!r}: {exc}") from None
     if var.choices is not None and value not in var.choices:
         raise ConfigError(
-            f"{name}: invalid value {raw!r}: expected one of {', '.join(var.choices)}"
+            f"{name}: invalid value {shown!r}: expected one of {', '.join(var.choices)}"
         )
     if var.minimum is not None and value < var.minimum:
-        raise ConfigError(f"{name}: invalid value {raw!r}: must be at least {var.minimum}")
+        raise ConfigError(f"{name}: invalid value {shown!r}: must be at least {var.minimum}")
     if var.maximum is not None and value > var.maximum:
-        raise ConfigError(f"{name}: invalid value {raw!r}: must be at most {var.maximum}")
+        raise ConfigError(f"{name}: invalid value {shown!r}: must be at most {var.maximum}")
     return value
 
 

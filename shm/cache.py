@@ -3,7 +3,8 @@ compute workers attach by name (layout and protocols: shm/layout.py).
 
 Keys are (feature version, entity id); a value is the full float64 vector of that version
 (`width` wide, NaN-padded) and the T it was computed as of. Reads take no lock; writes of
-an entity are conditional on the generation read before computing it.
+an entity are conditional on the generation read before computing it. A segment opened with
+`lease_ms` > 0 serves hits only while its lease holds (`renew_lease`; layout.py: Lease).
 
 Counting: each FeatureCache instance owns one counter slot, so one instance must not count
 from several threads at once (asyncio tasks of one thread are fine); writes are
@@ -32,7 +33,11 @@ from shm.layout import (
     EVICTION_WINDOW,
     H_ACTIVE,
     H_EPOCH,
+    H_HOLDER,
+    H_LEASE_MS,
+    H_LEASE_UNTIL,
     H_RETIRED,
+    HOLDER_WORDS,
     KEY_MAX_BYTES,
     M_ACCESS,
     R_COVERED,
@@ -101,6 +106,8 @@ class FeatureCache:
         row_w = layout.counters_offset // 8 + self._row * COUNTER_WORDS
         self._hits_w = row_w + C_HITS
         self._misses_w = row_w + C_MISSES
+        self.lease_ms = self._w[H_LEASE_MS]
+        self._lease_ns = self.lease_ms * 1_000_000
         self._closed = False
 
     def _current(self) -> None:
@@ -133,12 +140,16 @@ class FeatureCache:
         versions: tuple[str, ...],
         *,
         wait_s: float = 5.0,
+        lease_ms: int = 0,
     ) -> FeatureCache:
         """Create the segment `name`, or attach to it and check that it has this layout:
-        vectors `width` wide of `versions` (in this order: a version's code is its place)."""
+        vectors `width` wide of `versions` (in this order: a version's code is its place),
+        hits under a lease of `lease_ms` (0: no lease)."""
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms}")
-        expected = segment.Expected.of(Layout.compute(max_size, width), ttl_ms, versions)
+        if lease_ms < 0:
+            raise ValueError(f"lease_ms must not be negative, got {lease_ms}")
+        expected = segment.Expected.of(Layout.compute(max_size, width), ttl_ms, versions, lease_ms)
         seg = segment.open_segment(name, expected, wait_s)
         return cls._from_segment(seg, expected, versions)
 
@@ -198,7 +209,7 @@ class FeatureCache:
         if len(key) > KEY_MAX_BYTES:
             raise ValueError(f"entity id longer than {KEY_MAX_BYTES} UTF-8 bytes")
         h = crc32(key)
-        found = self._find(key, h ^ salt, code, h)
+        found = self._find(key, h ^ salt, code, h) if self.serving() else None
         if count:
             if found is None:
                 self._w[self._misses_w] += 1
@@ -279,6 +290,11 @@ class FeatureCache:
         self._current()
         code, salt = self.versions.code(version)
         keys = encode_ids(entity_ids)
+        if not self.serving():
+            values = np.full((len(keys), self.width), np.nan)
+            if count:
+                self.count_lookups(misses=len(keys))
+            return values, np.full(len(keys), -1, dtype=np.int64), np.zeros(len(keys), bool)
         hashes = id_hashes(keys)
         values, as_of, hit, retry = self._many.lookup(code, salt, keys, hashes, time.time_ns())
         for i in retry.tolist():
@@ -290,6 +306,36 @@ class FeatureCache:
             n_hits = int(np.count_nonzero(hit))
             self.count_lookups(hits=n_hits, misses=len(keys) - n_hits)
         return values, as_of, hit
+
+    # -- the lease (layout.py: Lease) ------------------------------------------------------
+    def serving(self) -> bool:
+        """Whether hits may be served now: always without a lease, else while it holds."""
+        return not self._lease_ns or time.monotonic_ns() < self._w[H_LEASE_UNTIL]
+
+    def renew_lease(self, confirmed_ns: int) -> None:
+        """The holder applied every change made before CLOCK_MONOTONIC `confirmed_ns`: hits
+        may be served until `confirmed_ns` + lease_ms."""
+        self._current()
+        if self._lease_ns:
+            self._w[H_LEASE_UNTIL] = confirmed_ns + self._lease_ns
+
+    def lease_until_ns(self) -> int:
+        """CLOCK_MONOTONIC ns below which hits are served (0: never renewed)."""
+        self._current()
+        return self._w[H_LEASE_UNTIL]
+
+    def holder_words(self) -> list[int]:
+        """The lease holder's HOLDER_WORDS status words (all 0 in a new segment)."""
+        self._current()
+        return [self._w[H_HOLDER + i] for i in range(HOLDER_WORDS)]
+
+    def set_holder_words(self, words: dict[int, int]) -> None:
+        """Store some of the holder's status words (index -> value); the holder only."""
+        self._current()
+        for index, value in words.items():
+            if not 0 <= index < HOLDER_WORDS:
+                raise IndexError(f"holder word {index} (0 ... {HOLDER_WORDS - 1})")
+            self._w[H_HOLDER + index] = value
 
     def generation(self, entity_id: str) -> int:
         """The entity's generation; read it BEFORE reading the data a vector is computed from."""

@@ -9,7 +9,8 @@ creation from (max_size N, width W) and nothing ever grows.
                 H_MAGIC, and H_READY = LAYOUT_VERSION last: the ready marker. Words
                 H_SALTS + code (code 1..H_VERSION_COUNT) hold the version table: the salt
                 of each version code's index tags (so any process, tools included, can
-                recover and invalidate without knowing the versions' names).
+                recover and invalidate without knowing the versions' names). Words
+                H_LEASE_MS, H_LEASE_UNTIL and H_HOLDER.. are the lease (below).
     counters    COUNTER_SLOTS x 16 u64: [owner pid, owner start ticks, COUNTERS...].
                 Each attached FeatureCache owns one slot and is its only writer, so no
                 increment is ever lost; a reader sums all slots. A slot whose owner is dead
@@ -73,6 +74,19 @@ hit survives a drop. H_EPOCH starts at a random value in every new segment, so g
 read from a retired segment never match a new one's (a vector computed before a drop is not
 stored after it).
 
+Lease (a near cache of a store that others write too): a segment created with
+H_LEASE_MS > 0 serves hits only while its lease holds, i.e. while CLOCK_MONOTONIC (one clock
+for every process of the host) is below H_LEASE_UNTIL; every get and get_many checks it
+(one word, one clock read) and answers a miss otherwise. Its holder (one process that
+follows the writes of the others and invalidates what they changed) renews it: when it has
+applied every change committed before time C it stores C + H_LEASE_MS (in ns) in
+H_LEASE_UNTIL. A new segment's lease is 0 (no hit until a holder took over), and a holder
+that stalls, dies or loses its source lets it run out by itself: no hit is ever older than
+H_LEASE_MS behind the writes. H_HOLDER .. H_HOLDER + HOLDER_WORDS - 1 are the holder's own
+status words (its state, position...), which this library stores and never interprets; all
+zero in a new segment. H_LEASE_MS is fixed at creation and checked on attach (0: hits need no
+lease, the default of one host).
+
 Creation: whoever opens first creates the file with O_CREAT|O_EXCL; everybody then takes
 the OFD lock on byte LOCK_INIT (polling until `wait_s` runs out); whoever holds it and
 finds no ready marker initialises (zero-fill, posix_fallocate so that the memory is
@@ -88,7 +102,7 @@ from zlib import crc32
 
 import numpy as np
 
-LAYOUT_VERSION = 2  # 2: the version table in the header
+LAYOUT_VERSION = 3  # 2: the version table in the header; 3: the lease
 MAGIC = int.from_bytes(b"FSTCACHE", "little")
 PAGE_BYTES = 4096
 KEY_MAX_BYTES = 256
@@ -131,6 +145,10 @@ H_WRITER = 22  # pid of the writer inside its critical section, 0 outside
 H_RECOVERIES = 23  # times a writer repaired a dead writer's half-done work
 H_RETIRED = 24  # 1 once the segment is dropped or found damaged: everybody re-attaches by name
 H_VERSION_COUNT = 25  # versions in the version table
+H_LEASE_MS = 26  # 0: hits need no lease; else the lease's length in ms (constant)
+H_LEASE_UNTIL = 27  # CLOCK_MONOTONIC ns below which hits may be served (leased segments)
+H_HOLDER = 32  # first of the lease holder's HOLDER_WORDS status words
+HOLDER_WORDS = 16
 H_SALTS = 256  # word H_SALTS + code: the salt of version `code` (codes are 1-based)
 HEADER_WORDS = 512
 MAX_VERSIONS = HEADER_WORDS - H_SALTS - 1  # 255: a record's version code is one byte
@@ -247,7 +265,9 @@ class Layout:
         """Offset of the k-th 8-byte slot-meta array (0 access_ns ... 6 free stack)."""
         return self.meta_offset + _round_up(self.max_size, 8) + 8 * self.max_size * k
 
-    def header_fields(self, ttl_ms: int, versions: tuple[str, ...]) -> dict[int, int]:
+    def header_fields(
+        self, ttl_ms: int, versions: tuple[str, ...], lease_ms: int = 0
+    ) -> dict[int, int]:
         """The constant header words a creator writes and an attacher checks."""
         if not 1 <= len(versions) <= MAX_VERSIONS or len(set(versions)) != len(versions):
             raise ValueError(f"versions must be 1 to {MAX_VERSIONS} distinct names")
@@ -262,6 +282,7 @@ class Layout:
             H_GENERATIONS: self.n_generations,
             H_RECORD_BYTES: self.record_bytes,
             H_VERSIONS_CRC: versions_crc(versions),
+            H_LEASE_MS: lease_ms,
             **salts,
         }
 

@@ -23,6 +23,7 @@ from shm.errors import CacheError, CacheLayoutError, CacheTimeout
 from shm.layout import (
     H_CREATED_MS,
     H_EPOCH,
+    H_LEASE_MS,
     H_MAGIC,
     H_MAX_SIZE,
     H_READY,
@@ -48,6 +49,7 @@ _FIELD_NAMES = {
     H_MAX_SIZE: "max_size (CACHE_MAX_SIZE)",
     H_TTL_MS: "ttl_ms (CACHE_TTL_MS)",
     H_VERSIONS_CRC: "a fingerprint of the served feature versions",
+    H_LEASE_MS: "lease_ms (MAX_STALENESS_MS with a shared store, 0 without)",
 }
 
 
@@ -128,8 +130,10 @@ class Expected:
     fields: dict[int, int]
 
     @classmethod
-    def of(cls, layout: Layout, ttl_ms: int, versions: tuple[str, ...]) -> Expected:
-        return cls(layout, ttl_ms, layout.header_fields(ttl_ms, versions))
+    def of(
+        cls, layout: Layout, ttl_ms: int, versions: tuple[str, ...], lease_ms: int = 0
+    ) -> Expected:
+        return cls(layout, ttl_ms, layout.header_fields(ttl_ms, versions, lease_ms))
 
     @classmethod
     def from_header(cls, header: list[int]) -> Expected:

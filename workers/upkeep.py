@@ -4,10 +4,11 @@
   travels in the heartbeat figures and turns `/health` degraded. A successful write, or a
   check (room on the file system and a small write that commits) every
   `RECOVERY_CHECK_INTERVAL_S`, makes it `ok` again: the worker recovers by itself.
-- Pruning of expired ingest request ids (SPEC §11): one bounded batch per call, once at
-  start and every `PRUNE_INTERVAL_S`, or after `PRUNE_BACKLOG_INTERVAL_S` while a backlog
-  lasts. The worker runs it after sending a job's reply, so it never delays an answer and a
-  job waits at most for one batch (a few milliseconds of the write lock).
+- Pruning of expired ingest request ids (SPEC §11) and, on a store several hosts share, of
+  change-log rows older than CHANGE_LOG_RETENTION_MS (SPEC §15): one bounded batch of each
+  per call, once at start and every `PRUNE_INTERVAL_S`, or after `PRUNE_BACKLOG_INTERVAL_S`
+  while a backlog lasts. The worker runs it after sending a job's reply, so it never delays an
+  answer and a job waits at most for one batch (a few milliseconds of the write lock).
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ class StoreUpkeep:
             self.wrote()
 
     def prune(self) -> None:
+        pruned = changes = 0
         try:
             pruned = self.store.prune_requests(PRUNE_BATCH)
+            changes = self.store.prune_changes(PRUNE_BATCH)
         except StoreUnavailable as error:
             self.failed(error)
-            pruned = 0
-        if pruned:
-            log.debug("pruned %d expired ingest request ids", pruned)
-        backlog = pruned >= PRUNE_BATCH
+        if pruned or changes:
+            log.debug("pruned %d expired ingest request ids, %d change-log rows", pruned, changes)
+        backlog = max(pruned, changes) >= PRUNE_BATCH
         delay = PRUNE_BACKLOG_INTERVAL_S if backlog else PRUNE_INTERVAL_S
         self.next_prune = time.monotonic() + delay

@@ -67,7 +67,7 @@ class ComputeThread(threading.Thread):
         pair.setsockopt(zmq.LINGER, 0)
         pair.connect(self.address)
         try:
-            store = open_event_store(self.settings)
+            store = open_event_store(self.settings, role=f"worker-{self.worker_id}")
             definitions = self.settings.definitions
             store.record_versions(  # a changed served version stops the worker (EXIT_CONFIG)
                 {v: definitions.versions[v].content_hash for v in self.settings.versions},

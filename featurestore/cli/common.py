@@ -19,7 +19,7 @@ from featurestore.exitcodes import EXIT_FAILURE
 
 if TYPE_CHECKING:
     from featurestore.definitions.model import FeatureSet
-    from featurestore.store.sqlite import SqliteEventStore
+    from featurestore.store.base import EventStore
 
 
 class CommandError(Exception):
@@ -48,7 +48,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(env)
 
 
-def open_event_store(settings: Settings) -> SqliteEventStore:
+def open_event_store(settings: Settings) -> EventStore:
     """The store of the settings (featurestore/store/factory.py). StoreCorrupt, StoreUnavailable
     and SchemaMismatch reach `main`, which prints them as one line."""
     from featurestore.store import factory
@@ -101,9 +101,7 @@ def definitions_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def chosen_features(
-    args: argparse.Namespace, settings: Settings, store: SqliteEventStore
-) -> FeatureSet:
+def chosen_features(args: argparse.Namespace, settings: Settings, store: EventStore) -> FeatureSet:
     """The version a computing command uses: `--version` (default FEATURE_VERSION, or the
     first of the file) of `--definitions FILE` or of the served definitions. A trial file's
     fields must be readable from the store (`layout.check_readable`)."""

@@ -8,7 +8,9 @@
 - `shipped` prints the shipped file (v1 and v2 over `value` and `category`).
 - `forget` drops a recorded (served) version from the store, so that it can be served again
   with another definition; its cached vectors go with it (the cache segment is dropped) and
-  its drift baselines are not restored. The service must be stopped.
+  its drift baselines are not restored. The service must be stopped — on a store several
+  hosts share (STORE_URL), every host's: their caches are cleared by their listeners when
+  they start again (the forgetting is a change of every entity in the change log).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
 def run_forget(args: argparse.Namespace, settings: Settings) -> int:
     from featurestore.ops import metrics_dir
     from featurestore.ops.stacklock import holder
+    from featurestore.store.factory import store_name
     from shm import drop
 
     running = holder(settings.data_dir)
@@ -122,11 +125,18 @@ def run_forget(args: argparse.Namespace, settings: Settings) -> int:
         )
     store = open_event_store(settings)
     try:
+        connected = store.service_connections()
+        if connected:
+            listed = ", ".join(connected[:4]) + (", ..." if len(connected) > 4 else "")
+            raise CommandError(
+                f"a service is using {store_name(settings)} ({listed}): stop every host's "
+                "service first, then forget, then start them again"
+            )
         forgotten = store.forget_version(args.version)
     finally:
         store.close()
     if not forgotten:
-        raise CommandError(f"version {args.version!r} was never served from {settings.data_dir}")
+        raise CommandError(f"version {args.version!r} was never served from {store_name(settings)}")
     drop(settings.cache_name)  # every cached vector goes: none is of the old definition
     metrics_dir.drop(settings.cache_name)
     print(

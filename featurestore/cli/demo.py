@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from featurestore.cli.common import (
     CommandError,
@@ -13,6 +12,7 @@ from featurestore.cli.common import (
     running_cache,
 )
 from featurestore.config import Settings
+from featurestore.ops.permissions import private_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     except TimestampError as exc:
         raise CommandError(f"--end: {exc}") from None
-    data_dir = Path(settings.data_dir)
+    data_dir = private_dir(settings.data_dir)  # for the entity list (a PostgreSQL store too)
     store = open_event_store(settings)
     try:
         with (

@@ -63,7 +63,7 @@ def _fill_demo(settings: Settings) -> None:
     from featurestore.store.factory import open_event_store
     from featurestore.timestamps import now_ms
 
-    store = open_event_store(settings)
+    store = open_event_store(settings, role="serve")
     try:
         if store.counts()["events"]:
             return
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # fit the store or a changed served version are reported here in one line (and the
         # store migrated here, once, before any worker opens it).
         definitions = settings.definitions
-        store = open_event_store(settings)
+        store = open_event_store(settings, role="serve")
         try:
             store.record_versions(
                 {v: definitions.versions[v].content_hash for v in settings.versions},

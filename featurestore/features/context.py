@@ -76,7 +76,11 @@ class FieldValues:
 
     @cached_property
     def slope(self) -> np.ndarray:
-        return slope(self.ts, self.x, self.starts, self.lengths)
+        """Least-squares slope; exactly 0 for constant values (decided exactly: rounding of
+        the mean must not tilt a flat line, e.g. of values near 1e100)."""
+        fitted = slope(self.ts, self.x, self.starts, self.lengths)
+        flat = self.stats.constant & ~np.isnan(fitted)
+        return np.where(flat, 0.0, fitted) if flat.any() else fitted
 
     def first(self) -> np.ndarray:
         out = np.full(self.lengths.size, np.nan)

@@ -30,20 +30,22 @@ from featurestore.offline.files import ROW_REQUIRED, FileError, identifier_value
 from featurestore.offline.outputs import part_writer
 from featurestore.offline.rowsource import RowPiece, piece_chunks
 
+STORE_ROLE = "dask-task"  # a task's connection on a PostgreSQL server: featurestore-dask-task
+
 
 # ------------------------------------------------------------------------- event sources
 @dataclass(frozen=True)
 class StoreEvents:
     """Events read from the store by each task (workers must reach it: SQLite on this host,
-    or the server of STORE_URL), opened by the one store-opening function."""
+    or the PostgreSQL server of STORE_URL), opened by the one store-opening function."""
 
     settings: Settings
 
     def open(self) -> EventSource:
-        """The store the settings name (whichever backend)."""
-        from featurestore.cli.common import open_event_store
+        """The store the settings name (whichever backend: `store/factory.py`)."""
+        from featurestore.store.factory import open_event_store
 
-        return open_event_store(self.settings)
+        return open_event_store(self.settings, role=STORE_ROLE)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The test launcher: a private stack of real processes (broker, workers; gateway and drift
-when asked) with their own ports, short ipc paths, DATA_DIR and CACHE_NAME.
+when asked; the change listener with a STORE_URL) with their own ports, short ipc paths,
+DATA_DIR and CACHE_NAME. Several stacks given one STORE_URL are several hosts of one store.
 
     with Stack(tmp_path, workers=2) as stack:
         with stack.client() as fs:
@@ -161,6 +162,8 @@ class Stack:
         self.add("broker", [python, "-m", "broker"])
         if self.drift:  # before the workers, whose publishers connect to it (supervisord too)
             self.add("drift", [python, "-m", "drift"])
+        if self.settings.shared_store:
+            self.add("listener", [python, "-m", "listener"])
         for index in range(self.workers):
             self.add(f"worker-{index}", [python, "-m", "workers", "--id", str(index)])
         if self.gateway:
@@ -191,7 +194,7 @@ class Stack:
             return None  # not up yet
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
-        """Until every expected worker (and drift, gateway) is alive."""
+        """Until every expected worker (and drift, gateway, a fresh listener) is alive."""
 
         def ready() -> dict | None:
             self._raise_if_exited()
@@ -199,6 +202,8 @@ class Stack:
             if health is None or health["workers"]["alive"] < self.workers:
                 return None
             if self.drift and health["drift"] != "ok":
+                return None
+            if self.settings.shared_store and not (health.get("listener") or {}).get("fresh"):
                 return None
             if self.gateway and not self._gateway_up():
                 return None

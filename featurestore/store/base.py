@@ -1,4 +1,5 @@
-"""The event store interface every backend implements (SQLite now; PostgreSQL can follow).
+"""The event store interface every backend implements: SQLite (`sqlite.py`, one host) and
+PostgreSQL (`postgres.py`, several hosts); `factory.py` chooses one from the settings.
 
 A store keeps each entity's events durably, in a layout read in bulk into an `EventBatch`,
 assigns sequence numbers, `ingested_at` and category labels, and makes ingest idempotent by
@@ -14,6 +15,7 @@ from typing import Protocol
 
 from featurestore.store.batch import EventBatch
 from featurestore.store.columns import EventColumns
+from featurestore.store.layout import RecordLayout
 
 # A store's state as a worker reports it in its heartbeat figures (and /health shows it).
 STORE_OK = "ok"
@@ -40,6 +42,8 @@ class IngestResult:
 
 
 class EventStore(Protocol):
+    layout: RecordLayout  # the event fields it stores, in their order (`layout.py`)
+
     def ingest(
         self, events: EventColumns, request_id: str | None = None, *, compact: bool = True
     ) -> IngestResult:
@@ -54,8 +58,12 @@ class EventStore(Protocol):
         """Remove an entity's events; the number removed (0 for an unknown entity)."""
         ...
 
+    def label_names(self) -> dict[str, list[str]]:
+        """Label names of every categorical field, indexed by label (0 ... k-1)."""
+        ...
+
     def category_names(self) -> list[str]:
-        """Category names indexed by label (0 ... k-1)."""
+        """Label names of the `category` field, indexed by label (0 ... k-1)."""
         ...
 
     def entity_ids(self) -> list[str]:
@@ -70,8 +78,31 @@ class EventStore(Protocol):
         """Rewrite entities stored in several pieces into one (reads get faster)."""
         ...
 
+    def served_versions(self) -> dict[str, tuple[str, int]]:
+        """Each version served from the store: (its content hash, when first served)."""
+        ...
+
+    def record_versions(self, hashes: dict[str, str], source: str = ...) -> None:
+        """Record versions about to be served; SchemaMismatch if one was served with another
+        definition (a served version is immutable)."""
+        ...
+
+    def forget_version(self, name: str) -> bool:
+        """Drop a recorded version; False if it was never recorded."""
+        ...
+
+    def service_connections(self) -> list[str]:
+        """Service processes of other hosts using the store now (none for a store of one
+        host), each described in a few words."""
+        ...
+
     def prune_requests(self, limit: int = ...) -> int:
         """Forget up to `limit` request ids older than the retention; how many."""
+        ...
+
+    def prune_changes(self, limit: int = ...) -> int:
+        """Forget up to `limit` change-log rows older than their retention (a store shared by
+        several hosts; 0 for one that has no change log); how many."""
         ...
 
     def check_writable(self) -> None:

@@ -92,8 +92,19 @@ def replayed(
     ).fetchone()
     if row is None:
         return None
-    saved_digest, accepted, duplicates = row
-    if saved_digest is not None and saved_digest != digest:  # NULL: schema 1, body unknown
+    return judge(row, request_id, digest, entity_ids)
+
+
+def judge(
+    stored: tuple[bytes | None, int, int],
+    request_id: str,
+    digest: bytes,
+    entity_ids: Sequence[str],
+) -> IngestResult:
+    """What a request id found within the retention as (digest, accepted, duplicates) answers
+    (every store): the original answer for the same digest, else `request_id_conflict`."""
+    saved_digest, accepted, duplicates = stored
+    if saved_digest is not None and bytes(saved_digest) != digest:  # NULL: body unknown
         raise ServiceError(
             Code.REQUEST_ID_CONFLICT,
             f"request id {request_id!r} was already used for an ingest with a different body; "

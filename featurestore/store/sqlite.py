@@ -39,9 +39,11 @@ from featurestore.definitions.model import EventSchema
 from featurestore.ops.permissions import create_private_file, private_dir
 from featurestore.store import requests
 from featurestore.store.base import IngestResult
-from featurestore.store.batch import NO_LABEL, EventBatch
+from featurestore.store.batch import EventBatch
 from featurestore.store.columns import EventColumns
 from featurestore.store.errors import SchemaMismatch, StoreCorrupt, StoreError, StoreUnavailable
+from featurestore.store.factory import SQLITE_FILENAME
+from featurestore.store.labels import LabelBook
 from featurestore.store.layout import RecordLayout, StoredField, reconcile
 from featurestore.store.schema import check_identity, ensure_schema
 from featurestore.store.segments import (
@@ -49,12 +51,13 @@ from featurestore.store.segments import (
     MAX_SEGMENTS,
     append_segments,
     compact_entities,
+    event_records,
     merge_segments,
 )
 from featurestore.store.sqlite_errors import is_busy, store_error
 from featurestore.timestamps import now_ms
 
-DB_FILENAME = "events.sqlite3"
+DB_FILENAME = SQLITE_FILENAME
 PAGE_SIZE = 16384
 COMPACT_BATCH = 2000
 BUSY_TIMEOUT_MS = 2000
@@ -89,8 +92,7 @@ class SqliteEventStore:
             schema = shipped_definitions().schema
         self._schema, self._schema_source = schema, schema_source
         self.layout = RecordLayout(())
-        self._names: dict[str, list[str]] = {}
-        self._labels: dict[str, dict[str, int]] = {}
+        self._book = LabelBook()
         try:
             private_dir(self.path.parent)
             create_private_file(self.path)  # before SQLite creates it with the umask's mode
@@ -139,8 +141,7 @@ class SqliteEventStore:
                     "VALUES (?, ?, ?, ?)",
                     (position, f.name, f.kind, int(f.required)),
                 )
-        self._names = {name: [] for name in self.layout.categorical}
-        self._labels = {name: {} for name in self.layout.categorical}
+        self._book.reset(self.layout.categorical)
 
     def _retention_cutoff_ms(self) -> int:
         """Request ids stored before this are forgotten."""
@@ -181,7 +182,7 @@ class SqliteEventStore:
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
-                self._forget_labels()  # labels cached in a rolled-back transaction
+                self._book.forget()  # labels cached in a rolled-back transaction
                 raise
             return result
 
@@ -221,15 +222,13 @@ class SqliteEventStore:
         n_new = int(keep.sum())
         first_seq = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
         conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (first_seq + n_new,))
-        records = np.empty(n_new, dtype=self.layout.dtype)
-        records["ts"] = events.ts[keep]
-        records["seq"] = np.arange(first_seq, first_seq + n_new, dtype=np.int64)
-        records["ingested_at"] = now
-        for name in self.layout.numeric:
-            records[name] = events.numeric_column(name)[keep]
-        for name in self.layout.categorical:
-            values = np.asarray(events.categorical_column(name), dtype=object)[keep]
-            records[name] = self._labels_for(conn, name, values)
+        labels = {
+            name: self._labels_for(
+                conn, name, np.asarray(events.categorical_column(name), dtype=object)[keep]
+            )
+            for name in self.layout.categorical
+        }
+        records = event_records(events, keep, self.layout, labels, first_seq=first_seq, now_ms=now)
         event_ids = np.asarray(events.event_id, dtype=object)[keep]
         touched = append_segments(
             conn, entity_ids, records, event_ids, self.layout, compact=compact
@@ -273,32 +272,20 @@ class SqliteEventStore:
         """Labels of a categorical field's values (None -> NO_LABEL), assigning new ones in
         order of first appearance, contiguously, inside the current transaction."""
         self._refresh_labels(conn, field)
-        names, labels = self._names[field], self._labels[field]
-        present = pd.Series(values, dtype=object)
-        new = [c for c in pd.unique(present.dropna()) if c not in labels]
+        new = self._book.unknown(field, values)
         if new:
-            start = len(names)
             conn.executemany(
                 "INSERT INTO labels (field, label, name) VALUES (?, ?, ?)",
-                [(field, start + i, name) for i, name in enumerate(new)],
+                self._book.assign(field, new),
             )
-            names.extend(new)
-            labels.update({name: start + i for i, name in enumerate(new)})
-        return present.map(labels).fillna(NO_LABEL).to_numpy(dtype=np.int32)
-
-    def _forget_labels(self) -> None:
-        self._names = {name: [] for name in self.layout.categorical}
-        self._labels = {name: {} for name in self.layout.categorical}
+        return self._book.encode(field, values)
 
     def _refresh_labels(self, conn: sqlite3.Connection, field: str) -> None:
-        names, labels = self._names[field], self._labels[field]
         rows = conn.execute(
             "SELECT label, name FROM labels WHERE field = ? AND label >= ? ORDER BY label",
-            (field, len(names)),
+            (field, self._book.known(field)),
         ).fetchall()
-        for label, name in rows:
-            names.append(name)
-            labels[name] = label
+        self._book.learn(field, rows)
 
     def compact(self, entity_ids: Sequence[str] | None = None) -> int:
         """Compact every entity with more than one segment (or those given); how many."""
@@ -352,7 +339,7 @@ class SqliteEventStore:
                 self._refresh_labels(self._conn, field)
 
         self._retry(refresh)
-        return {field: list(names) for field, names in self._names.items()}
+        return {field: list(names) for field, names in self._book.names.items()}
 
     def category_names(self) -> list[str]:
         """Label names of the `category` field (the default schema's)."""
@@ -438,6 +425,10 @@ class SqliteEventStore:
 
         return self._write(body)
 
+    def service_connections(self) -> list[str]:
+        """None to list: one host, whose running service DATA_DIR's stack lock names."""
+        return []
+
     def prune_requests(self, limit: int = requests.PRUNE_BATCH) -> int:
         """Forget up to `limit` request ids older than the retention (their retries are long
         over), oldest first; how many. Takes the write lock only when there is work."""
@@ -445,6 +436,10 @@ class SqliteEventStore:
         if not self._retry(lambda: requests.has_expired(self._conn, cutoff)):
             return 0
         return self._write(lambda conn: requests.prune(conn, cutoff, limit))
+
+    def prune_changes(self, limit: int = 0) -> int:
+        """No change log: one host, whose writers invalidate its cache themselves."""
+        return 0
 
     def check_writable(self) -> None:
         """StoreUnavailable unless the store's file system has room (MIN_FREE_BYTES) and a
@@ -473,9 +468,10 @@ def open_store(
     schema: EventSchema | None = None,
     schema_source: str = "the definitions",
 ) -> SqliteEventStore:
-    """The event store of a data directory (created on first use); StoreCorrupt if the file
+    """The SQLite store of a data directory (created on first use); StoreCorrupt if the file
     there is not a usable store, StoreUnavailable if it cannot be opened now, SchemaMismatch
-    if `schema` does not fit its fields."""
+    if `schema` does not fit its fields. Processes and commands choose their store with
+    `featurestore.store.factory.open_event_store(settings)`."""
     return SqliteEventStore(
         data_dir,
         request_id_retention_ms=request_id_retention_ms,

@@ -294,6 +294,20 @@ class Alive(Answer):
     expected: int
 
 
+class ListenerHealth(Answer):
+    """The change listener of a host sharing its store (SPEC §15; featurestore/nearcache.py)."""
+
+    state: Literal["starting", "connecting", "catching_up", "live", "disconnected", "stopped"]
+    fresh: bool  # caught up within max_staleness_ms: cache hits are served
+    lag_ms: float | None  # since it last confirmed every change was applied (None: never)
+    max_staleness_ms: int
+    position: int  # the change sequence number applied last
+    reconnects: int
+    cache_clears: int
+    changes_applied: int
+    entities_invalidated: int
+
+
 class Health(Answer):
     status: Literal["ok", "degraded", "down"]
     workers: Alive
@@ -301,8 +315,10 @@ class Health(Answer):
     drift: Literal["ok", "down", "disabled"]
     cache: Literal["ok", "down"]
     store: Literal["ok", "unavailable"]
+    store_backend: Literal["sqlite", "postgresql"]
     uptime_s: float
     memory: dict[str, int]
+    listener: ListenerHealth | None = None  # with STORE_URL (a store several hosts share)
     gateway: Alive | None = None  # added by the gateway (HTTP)
 
 

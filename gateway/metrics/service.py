@@ -19,6 +19,7 @@ from featurestore.store.base import STORE_OK
 
 DRIFT_OK = "ok"  # the drift states of a health answer (broker/status.py)
 DRIFT_DISABLED = "disabled"
+LISTENER_CONNECTED = ("catching_up", "live")  # listener states with a live connection
 
 
 def service_metrics(
@@ -38,6 +39,7 @@ def service_metrics(
         families += message_metrics(stats.get("messages", {}))
     if "workers" in health:
         families += worker_metrics(health)
+    families += store_metrics(health)
     return families + gateway_metrics(health)
 
 
@@ -182,6 +184,73 @@ def worker_metrics(health: dict) -> list[Metric]:
             )
         )
     return families
+
+
+def store_metrics(health: dict) -> list[Metric]:
+    """The store's backend, and this host's change listener when the store is shared
+    (SPEC §15): whether it follows the change log, whether hits are served, and its lag."""
+    families: list[Metric] = []
+    backend = health.get("store_backend")
+    if backend:
+        info = GaugeMetricFamily(
+            "featurestore_store_backend_info",
+            "The event store in use (1 for its backend: sqlite or postgresql).",
+            labels=["backend"],
+        )
+        info.add_metric([backend], 1)
+        families.append(info)
+    listener = health.get("listener")
+    if not listener:
+        return families
+    lag_ms = listener["lag_ms"]
+    return [
+        *families,
+        _gauge(
+            "featurestore_listener_connected",
+            "1 if this host's change listener follows the store's change log.",
+            int(listener["state"] in LISTENER_CONNECTED),
+        ),
+        _gauge(
+            "featurestore_listener_fresh",
+            "1 if the listener caught up within MAX_STALENESS_MS: cache hits are served.",
+            int(listener["fresh"]),
+        ),
+        _gauge(
+            "featurestore_listener_lag_seconds",
+            "Time since the listener last confirmed it had applied every change (NaN: never).",
+            float("nan") if lag_ms is None else lag_ms / 1000,
+        ),
+        _gauge(
+            "featurestore_listener_max_staleness_seconds",
+            "MAX_STALENESS_MS: the lag past which cache hits are not served.",
+            listener["max_staleness_ms"] / 1000,
+        ),
+        _gauge(
+            "featurestore_listener_position",
+            "Sequence number of the last change the listener applied.",
+            listener["position"],
+        ),
+        _counter(
+            "featurestore_listener_reconnects_total",
+            "Connections of the listener to the store lost (and made again).",
+            listener["reconnects"],
+        ),
+        _counter(
+            "featurestore_listener_cache_clears_total",
+            "Whole-cache clears by the listener (change log pruned past it, or taking over).",
+            listener["cache_clears"],
+        ),
+        _counter(
+            "featurestore_listener_changes_total",
+            "Change-log entries (other hosts' commits included) the listener applied.",
+            listener["changes_applied"],
+        ),
+        _counter(
+            "featurestore_listener_invalidations_total",
+            "Entities the listener invalidated in this host's cache.",
+            listener["entities_invalidated"],
+        ),
+    ]
 
 
 def gateway_metrics(health: dict) -> list[Metric]:

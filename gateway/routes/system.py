@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import psutil
 from sanic import Blueprint, HTTPResponse, Request
 
 from featurestore.errors import ServiceError
+from featurestore.nearcache import listener_health
 from featurestore.validation.decoding import decoded_http
 from featurestore.wire.frames import Op
 from featurestore.wire.messages import Cleared, EmptyRequest
@@ -54,12 +56,23 @@ async def health(request: Request) -> HTTPResponse:
             "cache": "ok",
             "store": "ok",  # not observable without the broker
             "memory": {},
+            **local_store_health(gw),
         }
     add_gateway_health(request, body)
     if body["status"] == "ok" and body["gateway"]["alive"] < gw.settings.gateway_workers:
         body["status"] = "degraded"  # a dead HTTP server is being replaced
     body["uptime_s"] = body.get("uptime_s", 0.0)
     return json_response(body, 503 if body["status"] == "down" else 200)
+
+
+def local_store_health(gw) -> dict:
+    """What the gateway knows of the store without the broker: its backend, and this host's
+    listener, which writes its state in the cache segment that the gateway attaches too."""
+    body: dict = {"store_backend": gw.settings.store_backend}
+    if gw.settings.shared_store:
+        listener = listener_health(gw.cache, gw.settings.max_staleness_ms)
+        body["listener"] = msgspec.to_builtins(listener)
+    return body
 
 
 def add_gateway_health(request: Request, body: dict) -> None:
@@ -83,8 +96,8 @@ async def metrics(request: Request) -> HTTPResponse:
     try:
         stats = (await _ask(gw, Op.STATS, request.ctx.rid)).body
         health = (await _ask(gw, Op.HEALTH, request.ctx.rid)).body
-    except ServiceError:
-        stats, health = None, {}  # the broker did not answer: the gateway's own figures
+    except ServiceError:  # the broker did not answer: the gateway's own figures
+        stats, health = None, local_store_health(gw)
     add_gateway_health(request, health)
     recorded = request.app.ctx.metrics
     versions = {

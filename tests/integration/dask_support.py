@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featurestore.config import Settings
 from featurestore.definitions import load_definitions
 from featurestore.offline.dask_tasks import StoreEvents
+from featurestore.store.base import EventStore
 from featurestore.store.columns import EventColumns
+from featurestore.store.factory import open_event_store
 from featurestore.store.sqlite import open_store
 
 T_END = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -31,12 +34,17 @@ def entity(i: int) -> str:
 
 
 def make_random_store(
-    data_dir: Path, seed: int, entities: int, definitions: Path | None = None
+    data_dir: Path,
+    seed: int,
+    entities: int,
+    definitions: Path | None = None,
+    store_url: str | None = None,
 ) -> list[str]:
     """Entities with 1..80 events (some exactly one, some with one constant value, many equal
     timestamps, some without category); every third id of the range has no event at all.
     With `definitions`, the store has its fields, and events an optional `amount` (numeric)
-    and `merchant` (categorical), each missing now and then. Returns the ids with events."""
+    and `merchant` (categorical), each missing now and then. With `store_url`, the same events
+    go to that PostgreSQL database instead (shipped fields only). Returns the ids with events."""
     rng = np.random.default_rng(seed)
     ids, ts, values, cats = [], [], [], []
     for i in range(entities):
@@ -61,15 +69,20 @@ def make_random_store(
         amount[rng.random(n) < 0.2] = np.nan
         merchant = rng.choice(["food", "travel", "fuel", None], n, p=[0.4, 0.2, 0.2, 0.2])
         extra = {"numeric": {"amount": amount}, "categorical": {"merchant": list(merchant)}}
-    store = open_store(data_dir, **schema)
+    columns = EventColumns(
+        ids, np.array(ts, np.int64), np.array(values), cats, [None] * len(ids), **extra
+    )
+    store = open_store(data_dir, **schema) if store_url is None else open_pg(store_url)
     try:
-        columns = EventColumns(
-            ids, np.array(ts, np.int64), np.array(values), cats, [None] * len(ids), **extra
-        )
         store.ingest(columns)
     finally:
         store.close()
     return sorted(set(ids))
+
+
+def open_pg(store_url: str) -> EventStore:
+    """The PostgreSQL store of `store_url`, with the shipped definitions' fields."""
+    return open_event_store(Settings.from_env({"STORE_URL": store_url}))
 
 
 def random_rows(seed: int, entities: int, n: int) -> pd.DataFrame:

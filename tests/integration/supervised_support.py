@@ -41,7 +41,7 @@ STOP_TIMEOUT_S = 45.0  # above the gateway's stopwaitsecs (25 s)
 KILL_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
-PROGRAMS = ("broker", "drift", "gateway")
+PROGRAMS = ("broker", "drift", "gateway", "listener")
 
 
 # ---------------------------------------------------------------------------- settings

@@ -249,6 +249,33 @@ def test_from_an_export_equals_from_the_store(
     assert (tmp_path / "p.parquet").read_bytes() == expected.read_bytes()
 
 
+def test_tasks_read_a_postgresql_store_and_its_export_exactly(
+    client, data_dir: Path, rows_file: Path, *, pg_url: str, run, tmp_path: Path
+) -> None:
+    # Given the events of the SQLite store, in a PostgreSQL store (STORE_URL) as well
+    make_random_store(tmp_path / "unused", seed=5, entities=ENTITIES, store_url=pg_url)
+    expected = single_process(data_dir, rows_file, tmp_path / "sqlite.parquet").read_bytes()
+    common = ("--data-dir", tmp_path / "pg-data")
+    env = {"STORE_URL": pg_url}
+    dask = ("--engine", "dask", "--scheduler", client.scheduler.address, "--buckets", "8")
+    # When one process, the cluster's tasks (each opening the store) and the cluster from an
+    # export of that store compute the rows
+    code, _, err = run("generate", rows_file, "-o", tmp_path / "one.parquet", *common, env=env)
+    assert code == 0, err
+    code, _, err = run("generate", rows_file, "-o", tmp_path / "a.parquet", *common, *dask, env=env)
+    assert code == 0, err
+    exported = tmp_path / "events"
+    code, _, err = run("export", "events", "-o", exported, *common, env=env)
+    assert code == 0, err
+    code, _, err = run(
+        "generate", rows_file, "-o", tmp_path / "b.parquet", *dask, "--events", exported
+    )
+    assert code == 0, err
+    # Then every output is the single-process file of the SQLite store, byte for byte
+    for name in ("one", "a", "b"):
+        assert (tmp_path / f"{name}.parquet").read_bytes() == expected, name
+
+
 def test_csv_rows_on_a_local_cluster_with_most_buckets_empty(
     data_dir: Path, rows: pd.DataFrame, run, tmp_path: Path
 ) -> None:

@@ -429,7 +429,8 @@ def test_health(api: httpx.Client, openapi: dict) -> None:
     body = ok_json(api.get("/health"))
     conforms(openapi, "Health", body)
     fields = {"status", "workers", "gateway", "broker", "drift", "cache", "store"}
-    assert set(body) == {*fields, "uptime_s", "memory"}
+    assert set(body) == {*fields, "store_backend", "uptime_s", "memory"}  # no listener: SQLite
+    assert body["store_backend"] == "sqlite"
     assert body["status"] == "ok"
     assert body["workers"] == {"alive": 2, "expected": 2}
     assert body["gateway"] == {"alive": 2, "expected": 2}  # GATEWAY_WORKERS HTTP servers

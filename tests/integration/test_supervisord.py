@@ -160,6 +160,7 @@ def test_supervisord_runs_every_program_and_restarts_killed_ones_without_errors(
             "broker": "RUNNING",
             "drift": "RUNNING",
             "gateway": "RUNNING",
+            "listener": "RUNNING",  # idle on SQLite
             "worker-0": "RUNNING",
             "worker-1": "RUNNING",
         }

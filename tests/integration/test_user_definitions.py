@@ -6,7 +6,7 @@ expression and a hash. Events with the extra fields go in over HTTP and from a f
 is served side by side with v1 (which stays exactly as the shipped file computes it); drift
 monitors `pay1`; an undeclared key is refused naming it; a restart with `pay1` changed is
 refused naming the version and both hashes, and works after `featurestore definitions
-forget pay1`.
+forget pay1` (on a SQLite store and on a PostgreSQL one).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from http_support import gateway_stack, http_client
+from store_targets import BACKENDS, Target
 
 from featurestore.config import VARIABLES
 from featurestore.definitions import SHIPPED_FILE, load_definitions, shipped_definitions
@@ -294,16 +295,24 @@ def test_drift_monitors_the_new_version(api: httpx.Client):
     assert pay1["amount_sum_30d"]["baseline"]["count"] == 20
 
 
-def test_a_changed_served_version_is_refused_until_it_is_forgotten(tmp_path: Path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_changed_served_version_is_refused_until_it_is_forgotten(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+):
     data_dir = tmp_path / "store"
+    store_env: dict[str, str] = {}
+    if backend == "postgresql":  # the versions of a store several hosts share
+        store_env["STORE_URL"] = request.getfixturevalue("pg_url")
+        Target.make(backend, data_dir, store_env["STORE_URL"]).reset()
     first = user_file(tmp_path / "first.toml")
-    env = {"FEATURES_FILE": str(first)}
+    env = {"FEATURES_FILE": str(first), **store_env}
     with Stack(data_dir, workers=1, env=env) as stack, stack.client() as client:
         client.ingest([{"entity_id": "a", "timestamp": now_ms() - 1000, "value": 1.0}])
     changed = user_file(tmp_path / "changed.toml", PAY1.replace('window = "7d"', 'window = "14d"'))
     old_hash = load_definitions(first).versions["pay1"].content_hash
     new_hash = load_definitions(changed).versions["pay1"].content_hash
-    refused = Stack(data_dir, workers=1, env={"FEATURES_FILE": str(changed)}, autorestart=False)
+    changed_env = {"FEATURES_FILE": str(changed), **store_env}
+    refused = Stack(data_dir, workers=1, env=changed_env, autorestart=False)
     with pytest.raises(RuntimeError) as raised:
         refused.start()
     message = str(raised.value)
@@ -311,7 +320,7 @@ def test_a_changed_served_version_is_refused_until_it_is_forgotten(tmp_path: Pat
     assert "'pay1'" in message and old_hash[:16] in message and new_hash[:16] in message
     # `featurestore serve` refuses it too, before starting anything
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
-    env.update({"DATA_DIR": str(data_dir), "FEATURES_FILE": str(changed)})
+    env.update({"DATA_DIR": str(data_dir), **changed_env})
     env.update({k: refused.environ[k] for k in ("PORT", "CACHE_NAME", "BROKER_FRONTEND")})
     serve = subprocess.run(
         [sys.executable, "-m", "featurestore", "serve"],
@@ -332,6 +341,6 @@ def test_a_changed_served_version_is_refused_until_it_is_forgotten(tmp_path: Pat
         check=False,
     )
     assert forgot.returncode == 0, forgot.stderr
-    served = Stack(data_dir, workers=1, env={"FEATURES_FILE": str(changed)})
+    served = Stack(data_dir, workers=1, env=changed_env)
     with served as stack, stack.client() as client:
         assert client.get("a", version="pay1")["features"]["events"] == 1

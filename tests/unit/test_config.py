@@ -73,13 +73,24 @@ def _invalid_values(name: str, var: config._Var) -> list[str]:
         bad.append(str(int(above)) if kind == "int" else repr(above))
     if var.choices is not None:
         bad += ["bogus", var.choices[0].lower() + "x", var.choices[0] + " x"]
-    if name == "CACHE_NAME":
-        bad += ["a/b", "x" * 201, "naïve", "tab\there"]
-    if name == "FEATURE_VERSION":  # not a version of the (shipped) definitions file
-        bad += ["bogus", "V1", "v1 x"]
-    if name == "FEATURES_FILE":  # no such file
-        bad += ["/nonexistent/features.toml"]
-    return bad
+    return bad + INVALID_BY_NAME.get(name, [])
+
+
+INVALID_BY_NAME = {
+    "CACHE_NAME": ["a/b", "x" * 201, "naïve", "tab\there"],
+    "FEATURE_VERSION": ["bogus", "V1", "v1 x"],  # not a version of the (shipped) file
+    "FEATURES_FILE": ["/nonexistent/features.toml"],  # no such file
+    "STORE_URL": [
+        "sqlite:///tmp/x.db",
+        "mysql://u:p@h/db",
+        "postgresql://u:secret@host",
+        "postgresql://u:secret@host/",
+        "postgresql://u:secret@host:99999/db",
+        "postgresql://u:secret@host:0/db",
+        "postgresql://u:secret@host/db/more",
+        "127.0.0.1:5432/db",
+    ],
+}
 
 
 INVALID_CASES = [
@@ -230,6 +241,21 @@ def test_an_invalid_value_raises_config_error_naming_the_variable(name: str, raw
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({name: raw})
     assert str(caught.value).startswith(f"{name}: ")
+    assert "secret" not in str(caught.value)  # a password in STORE_URL is never shown
+
+
+def test_store_url_chooses_the_backend_and_is_never_printed() -> None:
+    assert Settings.from_env({}).store_backend == config.STORE_SQLITE
+    assert not Settings.from_env({}).shared_store
+    url = "postgresql://fs:s3cr3t@db.example:5433/features?sslmode=require"
+    settings = Settings.from_env({"STORE_URL": f"  {url} "})
+    assert settings.store_url == url
+    assert settings.store_backend == config.STORE_POSTGRESQL and settings.shared_store
+    assert "s3cr3t" not in repr(settings)
+    assert config.redact_url(url) == "postgresql://fs@db.example:5433/features"
+    assert config.redact_url("postgres://h/db") == "postgres://h/db"
+    assert config.redact_url("postgresql://u:p@[::1]:5432/d") == "postgresql://u@[::1]:5432/d"
+    assert Settings.from_env(settings.as_env()) == settings
 
 
 @pytest.mark.parametrize(

@@ -1,23 +1,24 @@
-"""The SQLite event store (SPEC §3) on real files: ordering, sequence numbers, reads as of T,
-compaction, idempotency by event id (by request id: test_store_requests.py), category labels,
-delete, and two processes writing at once."""
+"""The event store (SPEC §3), on both backends (a SQLite file, a PostgreSQL database: SPEC
+§15): ordering, sequence numbers, reads as of T, compaction, idempotency by event id (by
+request id: test_store_requests.py), category labels, delete, and two processes (two
+"hosts" on PostgreSQL) writing at once, new categories included."""
 
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import traceback
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from store_targets import Target
 
 from featurestore.errors import ServiceError
-from featurestore.store.batch import EVENT_DTYPE, NO_CATEGORY, EventBatch
+from featurestore.store.base import EventStore
+from featurestore.store.batch import NO_CATEGORY, EventBatch
 from featurestore.store.columns import EventColumns
-from featurestore.store.sqlite import DB_FILENAME, MAX_SEGMENTS, SqliteEventStore
+from featurestore.store.segments import MAX_SEGMENTS
 from featurestore.timestamps import now_ms
 from featurestore.validation.events import validate_events
 
@@ -49,30 +50,15 @@ def rows(batch: EventBatch, i: int) -> dict[str, list]:
     }
 
 
-def raw_segments(data_dir: Path, entity: str | None = None) -> list[tuple[str, int, np.ndarray]]:
-    """(entity_id, first_seq, records) of every stored segment, read straight from SQLite."""
-    conn = sqlite3.connect(data_dir / DB_FILENAME)
-    try:
-        query = "SELECT entity_id, first_seq, events FROM segments"
-        args: tuple = ()
-        if entity is not None:
-            query += " WHERE entity_id = ?"
-            args = (entity,)
-        found = conn.execute(query + " ORDER BY entity_id, first_seq", args).fetchall()
-    finally:
-        conn.close()
-    return [(e, s, np.frombuffer(blob, dtype=EVENT_DTYPE)) for e, s, blob in found]
-
-
 @pytest.fixture
-def store(tmp_path: Path):
-    opened = SqliteEventStore(tmp_path / "data")
+def store(store_target: Target):
+    opened = store_target.open()
     yield opened
     opened.close()
 
 
 # ---------------------------------------------------------------------------- round trip
-def test_round_trip_orders_by_time_then_sequence(store: SqliteEventStore, tmp_path: Path) -> None:
+def test_round_trip_orders_by_time_then_sequence(store: EventStore, store_target: Target) -> None:
     before = now_ms()
     first = store.ingest(
         columns(
@@ -112,11 +98,11 @@ def test_round_trip_orders_by_time_then_sequence(store: SqliteEventStore, tmp_pa
     assert store.counts() == {"entities": 2, "events": 6, "categories": 2}
     assert store.entity_ids() == ["a", "b"]
 
-    stamped = np.concatenate([r for _, _, r in raw_segments(tmp_path / "data")])
+    stamped = np.concatenate([r for _, _, r in store_target.raw_segments()])
     assert ((stamped["ingested_at"] >= before) & (stamped["ingested_at"] <= after)).all()
 
 
-def test_sequence_numbers_increase_across_commits_in_array_order(store: SqliteEventStore) -> None:
+def test_sequence_numbers_increase_across_commits_in_array_order(store: EventStore) -> None:
     seen: list[int] = []
     for request in range(4):
         store.ingest(columns([ev("e", T0 + 100 - request * 10 - k, float(k)) for k in range(3)]))
@@ -130,7 +116,7 @@ def test_sequence_numbers_increase_across_commits_in_array_order(store: SqliteEv
     assert [by_seq[s] for s in range(1, 13)] == [0.0, 1.0, 2.0] * 4
 
 
-def test_read_of_many_entities_with_duplicates_and_unknown_ids(store: SqliteEventStore) -> None:
+def test_read_of_many_entities_with_duplicates_and_unknown_ids(store: EventStore) -> None:
     store.ingest(
         columns([ev("a", T0, 1.0), ev("b", T0 + 1, 2.0), ev("b", T0 + 2, 3.0), ev("c", T0, 9.0)])
     )
@@ -151,7 +137,7 @@ def test_read_of_many_entities_with_duplicates_and_unknown_ids(store: SqliteEven
     assert unknown.offsets.tolist() == [0, 0, 0] and unknown.value.size == 0
 
 
-def test_read_as_of_keeps_events_at_or_before_t(store: SqliteEventStore) -> None:
+def test_read_as_of_keeps_events_at_or_before_t(store: EventStore) -> None:
     store.ingest(columns([ev("a", T0 + t, float(t)) for t in (50, 10, 30, 30, 20)]))
     store.ingest(columns([ev("b", T0 + 40, 4.0), ev("b", T0 + 5, 0.5)]))
     full = store.read(["a", "b"])
@@ -171,12 +157,12 @@ def test_read_as_of_keeps_events_at_or_before_t(store: SqliteEventStore) -> None
         assert (batch.ts <= as_of).all()
 
 
-def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
-    first = SqliteEventStore(tmp_path / "d")
+def test_data_survives_close_and_reopen(store_target: Target) -> None:
+    first = store_target.open()
     first.ingest(columns([ev("a", T0, 1.0, "x"), ev("a", T0 + 1, 2.0, "y")]))
     expected = rows(first.read(["a"]), 0)
     first.close()
-    second = SqliteEventStore(tmp_path / "d")
+    second = store_target.open()
     try:
         assert rows(second.read(["a"]), 0) == expected
         assert second.category_names() == ["x", "y"]
@@ -188,9 +174,9 @@ def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------- equal times, compaction
 def test_equal_timestamps_keep_insertion_order_across_ingests_and_compaction(
-    store: SqliteEventStore, tmp_path: Path
+    store: EventStore, store_target: Target
 ) -> None:
-    data_dir = tmp_path / "data"
+    raw_segments = store_target.raw_segments
     expected_early: list[float] = []
     expected_late: list[float] = []
     requests = MAX_SEGMENTS + 2
@@ -207,7 +193,7 @@ def test_equal_timestamps_keep_insertion_order_across_ingests_and_compaction(
         )
         expected_early.append(r * 10.0 + 1)
         expected_late.extend([r * 10.0, r * 10.0 + 2])
-        segments = len(raw_segments(data_dir, "e"))
+        segments = len(raw_segments("e"))
         if r + 1 <= MAX_SEGMENTS:
             assert segments == r + 1
         else:  # the (MAX_SEGMENTS + 1)-th segment triggers compaction into one
@@ -218,12 +204,12 @@ def test_equal_timestamps_keep_insertion_order_across_ingests_and_compaction(
         seq = np.asarray(rows(batch, 0)["seq"])
         assert (np.diff(seq[: r + 1]) > 0).all() and (np.diff(seq[r + 1 :]) > 0).all()
 
-    assert len(raw_segments(data_dir, "e")) == 2
+    assert len(raw_segments("e")) == 2
     assert store.compact() == 2  # "e" and "other" both have several segments now
-    assert len(raw_segments(data_dir, "e")) == 1
-    assert len(raw_segments(data_dir, "other")) == 1
+    assert len(raw_segments("e")) == 1
+    assert len(raw_segments("other")) == 1
     assert store.compact() == 0
-    ((_, first_seq, records),) = raw_segments(data_dir, "e")
+    ((_, first_seq, records),) = raw_segments("e")
     assert first_seq == 1
     order = np.lexsort((records["seq"], records["ts"]))
     assert order.tolist() == list(range(records.size))  # one segment, in (ts, seq) order
@@ -234,7 +220,7 @@ def test_equal_timestamps_keep_insertion_order_across_ingests_and_compaction(
 
 
 # ---------------------------------------------------------------------------- idempotency
-def test_duplicate_event_ids_within_a_request_first_wins(store: SqliteEventStore) -> None:
+def test_duplicate_event_ids_within_a_request_first_wins(store: EventStore) -> None:
     result = store.ingest(
         columns(
             [
@@ -254,7 +240,7 @@ def test_duplicate_event_ids_within_a_request_first_wins(store: SqliteEventStore
     assert rows(batch, 1)["value"] == []
 
 
-def test_duplicate_event_ids_across_requests_are_skipped(store: SqliteEventStore) -> None:
+def test_duplicate_event_ids_across_requests_are_skipped(store: EventStore) -> None:
     store.ingest(columns([ev("a", T0, 1.0, event_id="x"), ev("a", T0 + 1, 2.0, event_id="y")]))
     result = store.ingest(
         columns(
@@ -275,7 +261,7 @@ def test_duplicate_event_ids_across_requests_are_skipped(store: SqliteEventStore
     assert [rows(batch, i)["value"] for i in range(3)] == [[1.0, 2.0], [30.0], []]
 
 
-def test_events_without_ids_are_never_duplicates(store: SqliteEventStore) -> None:
+def test_events_without_ids_are_never_duplicates(store: EventStore) -> None:
     for _ in range(2):
         assert store.ingest(columns([ev("a", T0, 1.0)])).body() == {
             "accepted": 1,
@@ -289,7 +275,7 @@ def test_events_without_ids_are_never_duplicates(store: SqliteEventStore) -> Non
 
 # --------------------------------------------------------------------------------- labels
 def test_labels_are_contiguous_in_order_of_first_appearance(
-    store: SqliteEventStore, tmp_path: Path
+    store: EventStore, store_target: Target
 ) -> None:
     store.ingest(
         columns(
@@ -311,7 +297,7 @@ def test_labels_are_contiguous_in_order_of_first_appearance(
     assert rows(batch, 2)["category"] == [2]
 
     store.close()
-    reopened = SqliteEventStore(tmp_path / "data")
+    reopened = store_target.open()
     try:
         assert reopened.category_names() == ["beta", "alpha", "gamma", "delta"]
         reopened.ingest(columns([ev("z", T0, 1.0, "epsilon"), ev("z", T0, 1.0, "beta")]))
@@ -321,9 +307,9 @@ def test_labels_are_contiguous_in_order_of_first_appearance(
         reopened.close()
 
 
-def test_labels_are_shared_between_connections(tmp_path: Path) -> None:
-    one = SqliteEventStore(tmp_path / "d")
-    two = SqliteEventStore(tmp_path / "d")
+def test_labels_are_shared_between_connections(store_target: Target) -> None:
+    one = store_target.open()
+    two = store_target.open()
     try:
         one.ingest(columns([ev("a", T0, 1.0, "p")]))
         two.ingest(columns([ev("a", T0, 1.0, "q"), ev("a", T0, 1.0, "p")]))
@@ -335,7 +321,7 @@ def test_labels_are_shared_between_connections(tmp_path: Path) -> None:
         two.close()
 
 
-def test_duplicate_events_consume_no_label(store: SqliteEventStore) -> None:
+def test_duplicate_events_consume_no_label(store: EventStore) -> None:
     store.ingest(columns([ev("a", T0, 1.0, "first", event_id="e1")]))
     result = store.ingest(
         columns(
@@ -352,7 +338,7 @@ def test_duplicate_events_consume_no_label(store: SqliteEventStore) -> None:
     assert store.category_names() == ["first", "dup_within", "third"]
 
 
-def test_rejected_request_stores_nothing_and_consumes_no_label(store: SqliteEventStore) -> None:
+def test_rejected_request_stores_nothing_and_consumes_no_label(store: EventStore) -> None:
     with pytest.raises(ServiceError):
         store.ingest(
             columns([ev("a", T0, 1.0, "never"), {"entity_id": "b", "timestamp": T0, "value": "x"}])
@@ -369,7 +355,7 @@ def test_rejected_request_stores_nothing_and_consumes_no_label(store: SqliteEven
     }
 
 
-def test_failed_transaction_leaves_no_label_behind(store: SqliteEventStore, tmp_path: Path) -> None:
+def test_failed_transaction_leaves_no_label_behind(store: EventStore, store_target: Target) -> None:
     # Malformed columns fail inside the write transaction, after labels were assigned.
     broken = EventColumns(
         entity_id=["a", "a"],
@@ -383,7 +369,7 @@ def test_failed_transaction_leaves_no_label_behind(store: SqliteEventStore, tmp_
     store.ingest(columns([ev("a", T0, 1.0, "real")]))
     assert store.category_names() == ["real"]
     assert rows(store.read(["a"]), 0)["category"] == [0]
-    other = SqliteEventStore(tmp_path / "data")
+    other = store_target.open()
     try:
         assert other.category_names() == ["real"]
         # Neither the event id nor the request id of the failed attempt was kept.
@@ -394,7 +380,7 @@ def test_failed_transaction_leaves_no_label_behind(store: SqliteEventStore, tmp_
 
 
 # --------------------------------------------------------------------------------- delete
-def test_delete_removes_events_and_frees_their_ids(store: SqliteEventStore) -> None:
+def test_delete_removes_events_and_frees_their_ids(store: EventStore) -> None:
     for r in range(MAX_SEGMENTS + 3):  # several segments, one compaction
         store.ingest(
             columns(
@@ -459,10 +445,10 @@ def _common_events(proc: int, request: int) -> list[dict]:
     ]
 
 
-def _writer(data_dir: str, proc: int, barrier, results) -> None:
-    """One writer process: many small ingests, some shared with the other writer."""
+def _writer(target: Target, proc: int, barrier, results) -> None:
+    """One writer process (one host): many small ingests, some shared with the other."""
     try:
-        store = SqliteEventStore(data_dir)
+        store = target.open()
         barrier.wait(timeout=PROCESS_TIMEOUT_S)
         own = 0
         shared: list[tuple[int, bool]] = []
@@ -488,14 +474,15 @@ def _writer(data_dir: str, proc: int, barrier, results) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_ingest_at_once_and_store_everything_exactly_once(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    SqliteEventStore(data_dir).close()
+def test_two_processes_ingest_at_once_and_store_everything_exactly_once(
+    store_target: Target,
+) -> None:
+    store_target.open().close()
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_writer, args=(str(data_dir), proc, barrier, results)) for proc in (0, 1)
+        ctx.Process(target=_writer, args=(store_target, proc, barrier, results)) for proc in (0, 1)
     ]
     for p in procs:
         p.start()
@@ -519,7 +506,7 @@ def test_two_processes_ingest_at_once_and_store_everything_exactly_once(tmp_path
     common_accepted = sum(sum(a["common"]) for a in answers)
     assert common_accepted == COMMON_REQUESTS * COMMON_PER_REQUEST
 
-    store = SqliteEventStore(data_dir)
+    store = store_target.open()
     try:
         expected_values = Counter(
             [
@@ -552,16 +539,34 @@ def test_two_processes_ingest_at_once_and_store_everything_exactly_once(tmp_path
         expected_names |= {f"p{p}c{i}" for p in (0, 1) for i in range(4)}
         assert len(names) == len(set(names)) == len(expected_names)
         assert set(names) == expected_names
-        conn = sqlite3.connect(data_dir / DB_FILENAME)
-        try:
-            labels = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT label FROM labels WHERE field = 'category' ORDER BY label"
-                )
-            ]
-        finally:
-            conn.close()
+        labels = [
+            r[0]
+            for r in store_target.sql(
+                "SELECT label FROM labels WHERE field = 'category' ORDER BY label"
+            )
+        ]
         assert labels == list(range(len(expected_names)))
+        # Every stored event decodes to the category it was sent with: no label was given
+        # twice, to two names, or lost in the race of two writers creating names at once
+        sent = {
+            e["value"]: e.get("category")
+            for proc in (0, 1)
+            for r in range(OWN_REQUESTS)
+            for e in _own_events(proc, r)
+        }
+        sent.update(
+            {
+                e["value"]: e.get("category")
+                for k in range(SHARED_REQUESTS)
+                for e in _shared_events(k)
+            }
+        )
+        decoded = {
+            value: None if label == NO_CATEGORY else names[label]
+            for value, label in zip(
+                batch.value[mask].tolist(), batch.category[mask].tolist(), strict=True
+            )
+        }
+        assert decoded == sent
     finally:
         store.close()

@@ -381,3 +381,55 @@ def _apply(cache, model, step, action):
         assert [a if h else None for a, h in zip(as_of.tolist(), hit, strict=True)] == [
             model.get((version, e)) for e in ids
         ]
+
+
+# ---------------------------------------------------------------------------------- lease
+def test_a_leased_cache_serves_hits_only_while_its_lease_holds(open_cache):
+    # Given a cache created with a lease of 200 ms and a stored vector
+    cache = open_cache(lease_ms=200)
+    assert cache.lease_ms == 200
+    assert put(cache, "user_1", 1.0)  # writes need no lease
+
+    # Then nothing is served before a holder renews the lease (a new segment's lease is 0)
+    assert not cache.serving() and cache.lease_until_ns() == 0
+    assert cache.get("v1", "user_1") is None
+    _, _, hit = cache.get_many("v1", ["user_1", "user_1"])
+    assert not hit.any()
+
+    # When the holder confirms it is caught up as of now
+    confirmed = time.monotonic_ns()
+    cache.renew_lease(confirmed)
+
+    # Then hits are served (through every process's view of the segment) ...
+    other = open_cache(lease_ms=200)
+    assert cache.lease_until_ns() == confirmed + 200_000_000
+    assert cache.get("v1", "user_1") is not None
+    assert other.get_many("v1", ["user_1"])[2].all()
+    # ... until the lease runs out by itself, without any call
+    wait_until(lambda: not other.serving(), "the lease to run out")
+    assert other.get("v1", "user_1") is None and not cache.get_many("v1", ["user_1"])[2].any()
+    stats = cache.stats()
+    assert stats["hits"] == 2 and stats["misses"] == 5  # refused hits count as misses
+
+
+def test_an_unleased_cache_ignores_the_lease_and_attachers_must_agree(open_cache):
+    plain = open_cache()
+    assert plain.lease_ms == 0 and plain.serving()
+    assert put(plain, "user_1", 1.0) and plain.get("v1", "user_1") is not None
+    plain.renew_lease(0)  # nothing to renew
+    assert plain.serving()
+    with pytest.raises(CacheError, match="lease_ms"):
+        open_cache(lease_ms=1000)  # another host's setting on the same segment
+
+
+def test_holder_words_start_at_zero_and_are_kept_for_every_attacher(open_cache):
+    holder = open_cache(lease_ms=1000)
+    reader = open_cache(lease_ms=1000)
+    assert holder.holder_words() == [0] * 16
+    holder.set_holder_words({0: 1, 2: 12345, 15: 7})
+    words = reader.holder_words()
+    assert words[0] == 1 and words[2] == 12345 and words[15] == 7
+    with pytest.raises(IndexError):
+        holder.set_holder_words({16: 1})
+    holder.clear()  # a clear leaves the holder's words alone
+    assert reader.holder_words()[2] == 12345

@@ -1,7 +1,8 @@
-"""Idempotency by ingest request id (SPEC §3, §11) on a real SQLite file: a repeat with the
-same events is answered from a small stored row and stores nothing, a repeat with other
-events is a conflict and stores nothing, expired ids are pruned in bounded batches, and a
-store written by schema 1 (the whole answer per id) is migrated when it is opened."""
+"""Idempotency by ingest request id (SPEC §3, §11) on both backends (a SQLite file, a
+PostgreSQL database): a repeat with the same events is answered from a small stored row and
+stores nothing, a repeat with other events is a conflict and stores nothing, expired ids are
+pruned in bounded batches, and a SQLite store written by schema 1 (the whole answer per id)
+is migrated when it is opened."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from store_targets import Target
 
 from featurestore.errors import Code, ServiceError
 from featurestore.offline.files import (
@@ -20,6 +22,7 @@ from featurestore.offline.files import (
     read_chunks,
     validate_event_frame,
 )
+from featurestore.store.base import EventStore
 from featurestore.store.batch import EVENT_DTYPE
 from featurestore.store.columns import EventColumns
 from featurestore.store.requests import events_digest
@@ -55,15 +58,14 @@ def sql(data_dir: Path, query: str, args: tuple = ()) -> list[tuple]:
         conn.close()
 
 
-def age_request(data_dir: Path, request_id: str, by_ms: int) -> None:
-    sql(
-        data_dir,
+def age_request(target: Target, request_id: str, by_ms: int) -> None:
+    target.sql(
         "UPDATE requests SET created_ms = created_ms - ? WHERE request_id = ?",
         (by_ms, request_id),
     )
 
 
-def state(store: SqliteEventStore) -> tuple:
+def state(store: EventStore) -> tuple:
     """Everything an ingest could change, as plain values."""
     batch = store.read(store.entity_ids())
     return (
@@ -81,8 +83,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(data_dir: Path):
-    opened = SqliteEventStore(data_dir, request_id_retention_ms=RETENTION_MS)
+def store(store_target: Target):
+    opened = store_target.open(REQUEST_ID_RETENTION_MS=str(RETENTION_MS))
     yield opened
     opened.close()
 
@@ -97,7 +99,7 @@ FIRST = [
 
 # ----------------------------------------------------------------------------- replays
 def test_same_request_id_and_events_return_the_original_answer_and_store_nothing(
-    store: SqliteEventStore, data_dir: Path
+    store: EventStore, store_target: Target
 ) -> None:
     # Given an ingest under request id "req-1", after one that stored event id e0
     store.ingest(columns([ev("c", T0, 0.5, event_id="e0")]))
@@ -109,7 +111,7 @@ def test_same_request_id_and_events_return_the_original_answer_and_store_nothing
     # When the same events come again under the same id (a retry, a re-dispatch), also
     # through another connection
     replay = store.ingest(columns(FIRST), request_id="req-1")
-    other = SqliteEventStore(data_dir, request_id_retention_ms=RETENTION_MS)
+    other = store_target.open(REQUEST_ID_RETENTION_MS=str(RETENTION_MS))
     try:
         again = other.ingest(columns(FIRST), request_id="req-1")
     finally:
@@ -164,7 +166,7 @@ def test_the_digest_is_of_the_events_not_of_their_spelling(tmp_path: Path) -> No
     ],
 )
 def test_another_body_under_a_used_request_id_is_a_conflict_and_stores_nothing(
-    store: SqliteEventStore, body: list[dict]
+    store: EventStore, body: list[dict]
 ) -> None:
     # Given an ingest under request id "req-1"
     store.ingest(columns(FIRST), request_id="req-1")
@@ -185,17 +187,17 @@ def test_another_body_under_a_used_request_id_is_a_conflict_and_stores_nothing(
 
 # ------------------------------------------------------------------------------ pruning
 def test_pruning_removes_only_expired_request_ids_in_bounded_batches(
-    store: SqliteEventStore, data_dir: Path
+    store: EventStore, store_target: Target
 ) -> None:
     # Given five request ids, three of them older than the retention
     for n in range(5):
         store.ingest(columns([ev(f"e{n}", T0, float(n))]), request_id=f"req-{n}")
     for n in range(3):
-        age_request(data_dir, f"req-{n}", RETENTION_MS + 1000 * (3 - n))
+        age_request(store_target, f"req-{n}", RETENTION_MS + 1000 * (3 - n))
 
     # When the service prunes with a batch of two
     assert store.prune_requests(limit=2) == 2
-    kept = sql(data_dir, "SELECT request_id FROM requests ORDER BY 1")
+    kept = store_target.sql("SELECT request_id FROM requests ORDER BY 1")
     assert kept == [("req-2",), ("req-3",), ("req-4",)]  # the oldest went first
     assert store.prune_requests(limit=2) == 1
     assert store.prune_requests(limit=2) == 0
@@ -206,10 +208,10 @@ def test_pruning_removes_only_expired_request_ids_in_bounded_batches(
 
 
 def test_an_expired_request_id_is_new_even_before_it_is_pruned(
-    store: SqliteEventStore, data_dir: Path
+    store: EventStore, store_target: Target
 ) -> None:
     store.ingest(columns([ev("a", T0, 1.0)]), request_id="old")
-    age_request(data_dir, "old", RETENTION_MS + 1)
+    age_request(store_target, "old", RETENTION_MS + 1)
 
     renewed = store.ingest(columns([ev("b", T0, 2.0)]), request_id="old")  # no conflict
 
@@ -219,7 +221,7 @@ def test_an_expired_request_id_is_new_even_before_it_is_pruned(
 
 
 def test_the_stored_answer_of_a_10000_event_ingest_is_one_small_row(
-    store: SqliteEventStore, data_dir: Path
+    store: EventStore, store_target: Target
 ) -> None:
     # Given one ingest of 10,000 events of 10,000 entities (schema 1 stored a 2.5 MB row)
     events = [ev(f"user_{i:06d}", T0 + i, float(i), f"c{i % 9}", f"ev-{i}") for i in range(10_000)]
@@ -227,7 +229,9 @@ def test_the_stored_answer_of_a_10000_event_ingest_is_one_small_row(
     assert result.accepted == 10_000
 
     # Then its row holds the id, a 16-byte digest and two numbers
-    (row,) = sql(data_dir, "SELECT * FROM requests")
+    (row,) = store_target.sql(
+        "SELECT request_id, created_ms, digest, accepted, duplicates FROM requests"
+    )
     size = sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
     assert size <= 64, row
     assert row[0] == "bulk-0001" and row[-2:] == (10_000, 0)

@@ -1,0 +1,1 @@
+"""The listener: one process per host that keeps the host's near cache fresh (SPEC §15)."""
