@@ -13,7 +13,11 @@ with events by entity bucket (`buckets.py`):
    (every position exactly once, checked), joined with the piece's own columns read again,
    written as a part of the output dataset (or handed to the client for a single file).
 
-A wave's parts travel as one Dask key per (piece, bucket) that has rows. Tasks are retried
+Big inputs run in rounds of consecutive pieces (`ROUND_ROWS` rows each), the three waves per
+round: the results waiting between compute and write are then one round's (~250 bytes a row),
+not the data set's, and the output is written round by round; each round reads the events of
+its buckets again. A wave's parts travel as one Dask key per (piece, bucket) that has rows.
+Tasks are retried
 (`TASK_RETRIES`, and by the scheduler when a worker dies); a failure that persists stops the
 run with one error and the output, written to a temporary directory, never appears. Every
 wait has a deadline: the run fails if no task finishes for `STALL_TIMEOUT_S`.
@@ -67,6 +71,7 @@ ABORT_TIMEOUT_S = 30.0  # removing a failed run's temporary output
 ABORT_POLL_S = 0.1
 PIECE_CHUNKS_MAX = 10  # a split/write task reads at most this many chunks (1,000,000 rows)
 PIECES_PER_WORKER = 4
+ROUND_ROWS = 20_000_000  # rows per round of split, compute and write (~5 GB of results)
 
 
 # ------------------------------------------------------------------------------ driver
@@ -83,6 +88,7 @@ def generate_dask(
     progress: Callable[[int], None] | None = None,
     chunk_rows: int = GENERATE_CHUNK_ROWS,
     stall_timeout_s: float = STALL_TIMEOUT_S,
+    round_rows: int = ROUND_ROWS,
 ) -> GenerateSummary:
     """`generate_file` on the cluster of `client`; `events_count` sizes the buckets."""
     started = time.perf_counter()
@@ -95,16 +101,25 @@ def generate_dask(
         if total == 0:
             raise FileError(f"{rows_path}: no rows")
         workers = worker_count(client)
-        n_buckets = check_bucket_count(buckets or bucket_count(total, events_count, workers))
+        largest = max(sum(p.rows for p in r) for r in rounds_of(pieces, round_rows))
+        n_buckets = check_bucket_count(buckets or bucket_count(largest, events_count, workers))
         job = Job(features, names, n_buckets, chunk_rows, events)
-        split = run.split(pieces, inputs, job)
         dataset = is_dataset_output(output_path)
         output = (DatasetOutput if dataset else FileOutput)(output_path, metadata)
         try:
             directory = str(output.temporary) if dataset else None
-            found = run.compute_and_write(
-                pieces, inputs, job, split, directory=directory, output=output, progress=progress
-            )
+            found = 0
+            for round_pieces in rounds_of(pieces, round_rows):
+                split = run.split(round_pieces, inputs, job)
+                found += run.compute_and_write(
+                    round_pieces,
+                    inputs,
+                    job,
+                    split,
+                    directory=directory,
+                    output=output,
+                    progress=progress,
+                )
             summary = {"version": features.version, "rows": total, "found": found}
             output.commit({**summary, "parts": len(pieces), "buckets": n_buckets})
         except BaseException:
@@ -114,6 +129,21 @@ def generate_dask(
     finally:
         run.cancel()
     return GenerateSummary(total, found, time.perf_counter() - started)
+
+
+def rounds_of(pieces: list[RowPiece], round_rows: int) -> Iterator[list[RowPiece]]:
+    """Consecutive pieces, in order, in rounds of at least `round_rows` rows (the last one
+    may have fewer); a piece is never cut."""
+    current: list[RowPiece] = []
+    rows = 0
+    for piece in pieces:
+        current.append(piece)
+        rows += piece.rows
+        if rows >= round_rows:
+            yield current
+            current, rows = [], 0
+    if current:
+        yield current
 
 
 class _Run:
@@ -236,9 +266,13 @@ class _Run:
             for p in pieces
         }
         self.drop(f for futures in back.values() for f in futures)
-        self.drop(f for f in inputs.values() if isinstance(f, Future))
-        del parts, back, inputs
-        return self._collect(computes, writes, output if directory is None else None, progress)
+        mine = (inputs[p.ordinal] for p in pieces)  # this round's; later rounds keep theirs
+        self.drop(f for f in mine if isinstance(f, Future))
+        del parts, back
+        first = pieces[0].ordinal
+        return self._collect(
+            computes, writes, output if directory is None else None, progress, first
+        )
 
     def _collect(
         self,
@@ -246,9 +280,11 @@ class _Run:
         writes: dict[int, Future],
         output: FileOutput | DatasetOutput | None,
         progress: Callable[[int], None] | None,
+        first_piece: int,
     ) -> int:
-        """Wait for every task; write the pieces to the one output file in order, if any."""
-        found = next_piece = 0
+        """Wait for every task; write the pieces (from `first_piece` on) to the one output
+        file in order, if any."""
+        found, next_piece = 0, first_piece
         ordinal_of = {future.key: ordinal for ordinal, future in writes.items()}
         finished: set[int] = set()
         everything = [f for f, _ in computes.values()] + list(writes.values())

@@ -175,6 +175,36 @@ def test_output_file_is_the_single_process_file_byte_for_byte(
     assert len(advanced) <= 16 and sum(advanced) == len(rows)
 
 
+def test_rounds_of_pieces_give_the_same_bytes_file_and_dataset(
+    client, data_dir: Path, rows_file: Path, tmp_path: Path
+) -> None:
+    # Given the 7 pieces of 12,600 rows run in rounds of at least 4,000 rows (4 rounds:
+    # 2 pieces of 2,000 rows, three times, then the last piece of 600)
+    expected = single_process(data_dir, rows_file, tmp_path / "one.parquet", chunk_rows=SMALL_CHUNK)
+    events = StoreEvents(settings_of(data_dir))
+    advanced: list[int] = []
+    options = {"chunk_rows": SMALL_CHUNK, "buckets": 4, "round_rows": 4_000}
+    got = on_dask(
+        client,
+        events,
+        data_dir,
+        rows_file,
+        tmp_path / "dask.parquet",
+        **options,
+        progress=advanced.append,
+    )
+    dataset = on_dask(client, events, data_dir, rows_file, tmp_path / "dask-set", **options)
+    # Then each bucket was computed once per round, and the output is the same bytes
+    assert 4 < len(advanced) <= 4 * 4 and sum(advanced) == 12_600
+    assert got.read_bytes() == expected.read_bytes()
+    parts = sorted(p.name for p in dataset.glob("part-*.parquet"))
+    assert len(parts) == 7
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(dataset), pd.read_parquet(expected), check_exact=True
+    )
+    assert leftovers(tmp_path) == []
+
+
 def test_cli_dataset_in_dataset_out_equals_one_process(
     client, data_dir: Path, rows_dataset: Path, run, tmp_path: Path
 ) -> None:
