@@ -139,5 +139,5 @@ class GatedEvents:
         os.close(descriptor)
         deadline = time.monotonic() + GATE_TIMEOUT_S
         while time.monotonic() < deadline:  # the test kills this process meanwhile
-            time.sleep(GATE_POLL_S)
+            time.sleep(GATE_POLL_S)  # deadline-poll
         raise TimeoutError("the test did not kill this worker")

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from featurestore.offline.compute import generate_file, select_features
 from featurestore.offline.dask_generate import generate_dask
 from featurestore.offline.dask_tasks import StoreEvents
 from featurestore.offline.export import partition_file
+from featurestore.ops.launcher import wait_for
 from featurestore.store.sqlite import open_store
 
 ENTITIES = 240
@@ -379,12 +379,10 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_output_exact(
 
 
 def wait_for_pid(gate: Path) -> int:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if gate.exists() and (text := gate.read_text()):
-            return int(text)
-        time.sleep(POLL_S)
-    raise AssertionError("no task reached the gate")
+    def written() -> str:
+        return gate.read_text() if gate.exists() else ""
+
+    return int(wait_for(written, DEADLINE_S, "a task to reach the gate", POLL_S))
 
 
 def test_a_persistent_failure_is_one_error_and_no_output(

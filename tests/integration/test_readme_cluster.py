@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -25,6 +24,7 @@ from featurestore.offline.cluster import (
     WORKER_MALLOC_MMAP_THRESHOLD_BYTES,
     WORKER_MALLOC_TRIM_THRESHOLD_BYTES,
 )
+from featurestore.ops.launcher import wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TIMEOUT_S = 300
@@ -55,18 +55,24 @@ def free_port() -> int:
 def stop_group(leader: subprocess.Popen) -> None:
     """SIGTERM the process group of `leader` (the block's background scheduler and workers),
     then SIGKILL what is left at the deadline."""
+
+    def gone() -> bool:
+        try:
+            os.killpg(leader.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(leader.pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(leader.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(POLL_S)
+        try:
+            wait_for(gone, STOP_TIMEOUT_S, f"the example's processes to end ({sig.name})", POLL_S)
+            return
+        except TimeoutError:
+            continue
 
 
 def test_the_cluster_example_runs_as_written(tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ class Writer:
                             self.failures.append(f"{error.code}: {error.message}")
                             return
                         self.refused[error.code.value] += 1
-                        time.sleep(0.05)  # retry after: the store is coming back
+                        time.sleep(0.05)  # deadline-poll: retry until this request's deadline
                         continue
                     self.acked.append([e["value"] for e in events])
                     break
@@ -268,7 +268,7 @@ class Reader:
                 except ServiceError as error:
                     if error.code not in RETRYABLE:
                         self.failures.append(f"{error.code}: {error.message}")
-                    time.sleep(0.02)  # retry after
+                    self.stop.wait(0.02)  # retry after, unless the test is stopping the load
 
 
 def outage(hosts: Hosts, postgres: Databases, http: httpx.Client, cached: str) -> None:
