@@ -63,6 +63,16 @@ class EventSchema:
         return [f.name for f in self.fields if f.required]
 
 
+def schema_or_shipped(schema: EventSchema | None) -> EventSchema:
+    """`schema`, or when None the shipped file's (`value`, `category`): the default of every
+    reader, store and check of events."""
+    if schema is not None:
+        return schema
+    from featurestore.definitions import shipped_definitions  # the package imports this module
+
+    return shipped_definitions().schema
+
+
 @dataclass(frozen=True)
 class Condition:
     """One `where` test on a field: `op` is eq, ne, in, not_in (categorical; `value` a tuple

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from featurestore.definitions.model import NUMERIC, EventSchema
+from featurestore.definitions.model import NUMERIC, EventSchema, schema_or_shipped
 from featurestore.store.columns import EventColumns
 from featurestore.timestamps import TimestampError, parse_timestamp_column
 from featurestore.validation.identifiers import CONTROL_PATTERN, MAX_ID_BYTES
@@ -323,7 +323,7 @@ def validate_event_frame(
     """One chunk of an event file of this schema (default: the shipped file's), checked and
     turned into store columns (strings as str/None objects); `materialize=False` only checks
     it."""
-    schema = schema or _shipped_schema()
+    schema = schema_or_shipped(schema)
     entity_ids = check_identifiers(
         source, frame, "entity_id", offset, required=True, materialize=materialize
     )
@@ -350,12 +350,6 @@ def validate_event_frame(
     )
 
 
-def _shipped_schema() -> EventSchema:
-    from featurestore.definitions import shipped_definitions
-
-    return shipped_definitions().schema
-
-
 def normalise_row_timestamps(column: pd.Series) -> pd.Series:
     """CSV text that is all integers becomes int64 (so JSON output keeps numbers)."""
     if pd.api.types.is_string_dtype(column):
@@ -368,7 +362,7 @@ def normalise_row_timestamps(column: pd.Series) -> pd.Series:
 def frame_to_columns(frame: pd.DataFrame, schema: EventSchema | None = None) -> EventColumns:
     """A validated ingest frame of this schema (default: the shipped file's) as store columns
     (NaN / None where a cell is empty)."""
-    schema = schema or _shipped_schema()
+    schema = schema_or_shipped(schema)
 
     def strings(name: str) -> np.ndarray:
         if name not in frame:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurestore.definitions.model import EventSchema
+from featurestore.definitions.model import EventSchema, schema_or_shipped
 from featurestore.offline.files import (
     FileError,
     event_columns,
@@ -46,7 +46,7 @@ def file_digest(path: Path) -> str:
 def validate_file(path: Path, max_future_ms: int, schema: EventSchema | None = None) -> int:
     """Check every row; the number of rows. FileError names the first bad row."""
     latest = now_ms() + max_future_ms
-    schema = schema or _shipped_schema()
+    schema = schema_or_shipped(schema)
     rows = 0
     for chunk in read_chunks(path, *event_columns(schema), strict=True):
         validate_event_frame(path, chunk, rows, latest, materialize=False, schema=schema)
@@ -69,7 +69,7 @@ def ingest_file(
     then store it in chunks; `on_commit` gets each chunk's touched entity ids right after its
     commit (to invalidate cached vectors)."""
     source = Path(path)
-    schema = schema or _shipped_schema()
+    schema = schema_or_shipped(schema)
     total = validate_file(source, max_future_ms, schema)
     digest = file_digest(source)
     latest = now_ms() + max_future_ms
@@ -92,9 +92,3 @@ def ingest_file(
     if rows != total:
         raise FileError(f"{source}: the file changed while it was being ingested")
     return FileIngestSummary(rows, accepted, duplicates, len(touched))
-
-
-def _shipped_schema() -> EventSchema:
-    from featurestore.definitions import shipped_definitions
-
-    return shipped_definitions().schema

@@ -38,7 +38,7 @@ import pandas as pd
 import psycopg
 
 from featurestore.config import VARIABLES
-from featurestore.definitions.model import EventSchema
+from featurestore.definitions.model import EventSchema, schema_or_shipped
 from featurestore.store import changes, pg_catalog, pg_requests, requests
 from featurestore.store.base import IngestResult
 from featurestore.store.batch import EventBatch
@@ -103,10 +103,7 @@ class PostgresEventStore:
         """`schema`: the event fields to serve (default: the shipped file's), reconciled with
         the fields the store holds at open (`layout.reconcile`; SchemaMismatch if they do not
         fit)."""
-        if schema is None:
-            from featurestore.definitions import shipped_definitions
-
-            schema = shipped_definitions().schema
+        schema = schema_or_shipped(schema)
         self.session = Session(connector)
         self.name = connector.name
         self.path = self.name  # what messages name the store by (as SqliteEventStore.path)

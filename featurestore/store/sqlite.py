@@ -35,7 +35,7 @@ import orjson
 import pandas as pd
 
 from featurestore.config import VARIABLES
-from featurestore.definitions.model import EventSchema
+from featurestore.definitions.model import EventSchema, schema_or_shipped
 from featurestore.ops.permissions import create_private_file, private_dir
 from featurestore.store import requests
 from featurestore.store.base import IngestResult
@@ -86,10 +86,7 @@ class SqliteEventStore:
         fit)."""
         self.path = Path(data_dir) / DB_FILENAME
         self.request_id_retention_ms = request_id_retention_ms
-        if schema is None:
-            from featurestore.definitions import shipped_definitions
-
-            schema = shipped_definitions().schema
+        schema = schema_or_shipped(schema)
         self._schema, self._schema_source = schema, schema_source
         self.layout = RecordLayout(())
         self._book = LabelBook()

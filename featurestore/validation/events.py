@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featurestore.definitions.model import EventSchema
+from featurestore.definitions.model import EventSchema, schema_or_shipped
 from featurestore.errors import Code, ServiceError, invalid_events
 from featurestore.store.columns import EventColumns
 from featurestore.timestamps import MAX_TIMESTAMP_MS, TimestampError, now_ms, parse_timestamp
@@ -42,7 +42,7 @@ def validate_events(
             f"{len(events)} events exceed EVENTS_MAX_PER_REQUEST ({max_events})",
             limit=max_events,
         )
-    rules = _Rules.of(schema or _shipped_schema())
+    rules = _Rules.of(schema_or_shipped(schema))
     latest = now_ms() + max_future_ms
     errors: list[dict[str, Any]] = []
     entity_ids: list[str] = []
@@ -130,12 +130,6 @@ class _Rules:
 _RULES: dict[EventSchema, _Rules] = {}
 
 
-def _shipped_schema() -> EventSchema:
-    from featurestore.definitions import shipped_definitions
-
-    return shipped_definitions().schema
-
-
 def checked_columns(
     columns: IngestColumns,
     blocks: list,
@@ -145,7 +139,7 @@ def checked_columns(
 ) -> EventColumns:
     """Events that arrive as columns (the gateway validated them one by one), checked again
     as columns, vectorised: what a worker must rely on whoever sent them."""
-    schema = schema or _shipped_schema()
+    schema = schema_or_shipped(schema)
     ts = get_array(blocks, columns.ts)
     count = len(columns.entity_id)
     if not count:
