@@ -101,7 +101,8 @@ def generate_dask(
         if total == 0:
             raise FileError(f"{rows_path}: no rows")
         workers = worker_count(client)
-        largest = max(sum(p.rows for p in r) for r in rounds_of(pieces, round_rows))
+        rounds = list(rounds_of(pieces, round_rows))
+        largest = max(sum(p.rows for p in r) for r in rounds)
         n_buckets = check_bucket_count(buckets or bucket_count(largest, events_count, workers))
         job = Job(features, names, n_buckets, chunk_rows, events)
         dataset = is_dataset_output(output_path)
@@ -109,7 +110,7 @@ def generate_dask(
         try:
             directory = str(output.temporary) if dataset else None
             found = 0
-            for round_pieces in rounds_of(pieces, round_rows):
+            for round_pieces in rounds:
                 split = run.split(round_pieces, inputs, job)
                 found += run.compute_and_write(
                     round_pieces,
